@@ -1,0 +1,1 @@
+"""Clients for the systems deskroute reads from and writes to."""

@@ -1,0 +1,330 @@
+"""``deskroute train`` and ``deskroute evaluate``.
+
+Plain click commands; the ``deskroute`` group in plugin/cli.py registers them. ``train``
+needs the ``train`` extra, ``evaluate`` only the serving dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from model import evaluation
+from model.data import (
+    DEFAULT_FALLBACK_LABEL,
+    DEFAULT_MIN_ROWS,
+    DataError,
+    load_dataset,
+    parse_columns,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = "model/default"
+# Steps that train_model reports through its progress callback.
+TRAIN_STEPS = 5
+
+
+@click.command("train")
+@click.option(
+    "--data",
+    "data_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Labelled tickets, CSV with a header row or JSON Lines (.jsonl).",
+)
+@click.option(
+    "--text", "text_columns", required=True, help="Text column, or several joined by commas."
+)
+@click.option("--label", "label_column", required=True, help="Column holding the queue.")
+@click.option(
+    "--out",
+    "out_dir",
+    default=DEFAULT_OUT,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder that receives model.onnx and metrics.json.",
+)
+@click.option(
+    "--target-precision",
+    default=evaluation.DEFAULT_TARGET_PRECISION,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    help="Precision each queue's threshold must reach on the validation split.",
+)
+@click.option(
+    "--name", default=None, help="Model name in the version string; default: the data folder."
+)
+@click.option(
+    "--min-rows",
+    default=DEFAULT_MIN_ROWS,
+    show_default=True,
+    type=click.IntRange(3),
+    help="Labels with fewer rows are merged into the fallback queue.",
+)
+@click.option(
+    "--fallback-label",
+    default=DEFAULT_FALLBACK_LABEL,
+    show_default=True,
+    help="Queue that receives the rows of rare labels.",
+)
+@click.option(
+    "--word-features",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Word n-grams kept by chi-squared selection.",
+)
+@click.option(
+    "--char-features",
+    default=30_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Character n-grams kept by chi-squared selection.",
+)
+@click.option(
+    "--c",
+    "regularization_c",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.0, min_open=True),
+    help="Inverse regularisation strength of the logistic regression.",
+)
+def train_command(
+    data_file: Path,
+    text_columns: str,
+    label_column: str,
+    out_dir: Path,
+    target_precision: float,
+    name: str | None,
+    min_rows: int,
+    fallback_label: str,
+    word_features: int,
+    char_features: int,
+    regularization_c: float,
+) -> None:
+    """Train a classifier on a labelled file and export it to ONNX with its metrics."""
+    try:
+        from model.train import TrainConfig, train_model
+    except ImportError as error:
+        raise click.ClickException(
+            f"training needs the 'train' extra (pip install 'deskroute[train]'): {error}"
+        ) from error
+
+    dataset = _load(data_file, text_columns, label_column, min_rows, fallback_label)
+    _report_data(dataset.source)
+    config = TrainConfig(
+        name=name or data_file.resolve().parent.name,
+        target_precision=target_precision,
+        word_features=word_features,
+        char_features=char_features,
+        regularization_c=regularization_c,
+    )
+
+    with tqdm(total=TRAIN_STEPS, desc="train", unit="step") as bar:
+
+        def progress(message: str) -> None:
+            # Each message starts a step, so it completes the one before it.
+            if bar.postfix:
+                bar.update(1)
+            bar.set_postfix_str(message)
+
+        try:
+            metrics = train_model(dataset, out_dir, config, progress=progress)
+        except (DataError, RuntimeError) as error:
+            raise click.ClickException(str(error)) from error
+        bar.update(bar.total - bar.n)
+
+    test = metrics["test"]
+    click.echo(f"model {metrics['model_version']} written to {out_dir}")
+    click.echo(
+        f"test: accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, "
+        f"ONNX agreement {test['onnx_agreement']:.4f}"
+    )
+    routed = test["at_thresholds"]
+    click.echo(
+        f"at the per-queue thresholds (target precision {target_precision}): "
+        f"coverage {routed['coverage']:.4f}, precision {_format(routed['precision'])}"
+    )
+    for label, entry in metrics["thresholds"].items():
+        click.echo(
+            f"  {label}: threshold {_format(entry['threshold'])}, validation precision "
+            f"{_format(entry['precision'])}, coverage {entry['coverage']:.4f}"
+        )
+
+
+@click.command("evaluate")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Model folder with model.onnx and metrics.json.",
+)
+@click.option(
+    "--data",
+    "data_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Labelled tickets, CSV with a header row or JSON Lines (.jsonl).",
+)
+@click.option(
+    "--text", "text_columns", required=True, help="Text column, or several joined by commas."
+)
+@click.option("--label", "label_column", required=True, help="Column holding the queue.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@click.option(
+    "--batch-size",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Tickets scored per ONNX call.",
+)
+def evaluate_command(
+    model_dir: Path,
+    data_file: Path,
+    text_columns: str,
+    label_column: str,
+    as_json: bool,
+    batch_size: int,
+) -> None:
+    """Score a labelled file with a trained model and report its quality."""
+    from model.inference import Classifier, ModelError
+
+    try:
+        classifier = Classifier.load(model_dir)
+    except ModelError as error:
+        raise click.ClickException(str(error)) from error
+    fallback = (classifier.metrics.get("data") or {}).get("fallback_label") or (
+        DEFAULT_FALLBACK_LABEL
+    )
+    dataset = _load(data_file, text_columns, label_column, 1, fallback, classifier.labels)
+    report = evaluate(classifier, dataset, batch_size, show_progress=not as_json)
+
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    _print_report(report)
+
+
+def evaluate(classifier, dataset, batch_size: int = 64, show_progress: bool = False) -> dict:
+    """Return the evaluation report of ``classifier`` on a loaded dataset."""
+    labels = classifier.labels
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({label for label in dataset.labels if label not in index})
+    # Rows of labels the model never learned stay in the report as errors: they get the
+    # index len(labels), which no prediction has.
+    y_true = np.array([index.get(label, len(labels)) for label in dataset.labels])
+
+    parts = []
+    starts = range(0, len(dataset.texts), batch_size)
+    for start in tqdm(starts, desc="evaluate", unit="batch", disable=not show_progress):
+        parts.append(classifier.probabilities(dataset.texts[start : start + batch_size]))
+    probabilities = np.concatenate(parts)
+
+    all_labels = labels + (["(unknown label)"] if unknown else [])
+    summary = evaluation.classification_summary(y_true, probabilities.argmax(axis=1), all_labels)
+    calibrated = {label: classifier.thresholds.get(label) for label in labels}
+    return {
+        "model_version": classifier.version,
+        "data": dataset.source,
+        "unknown_labels": unknown,
+        **summary,
+        "coverage_at_precision": {
+            str(target): evaluation.coverage_at_precision(y_true, probabilities, target)
+            for target in (0.90, 0.95)
+        },
+        "precision_coverage_curve": evaluation.precision_coverage_curve(y_true, probabilities),
+        "at_thresholds": {
+            "thresholds": calibrated,
+            **evaluation.threshold_summary(y_true, probabilities, labels, calibrated),
+            "per_queue": _per_queue_at_thresholds(y_true, probabilities, labels, calibrated),
+        },
+    }
+
+
+def _per_queue_at_thresholds(y_true, probabilities, labels, thresholds) -> dict:
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    result = {}
+    for i, label in enumerate(labels):
+        mask = predicted == i
+        threshold = thresholds.get(label)
+        routed = mask & (confidence >= threshold) if threshold is not None else mask & False
+        count = int(routed.sum())
+        result[label] = {
+            "threshold": threshold,
+            "predicted": int(mask.sum()),
+            "routed": count,
+            "coverage": round(count / int(mask.sum()), 4) if mask.any() else 0.0,
+            "precision": round(float((y_true[routed] == i).mean()), 4) if count else None,
+        }
+    return result
+
+
+def _load(data_file, text_columns, label_column, min_rows, fallback_label, known_labels=None):
+    try:
+        columns = parse_columns(text_columns)
+        return load_dataset(
+            data_file,
+            columns,
+            label_column,
+            min_rows=min_rows,
+            fallback_label=fallback_label,
+            known_labels=known_labels,
+        )
+    except DataError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _report_data(source: dict) -> None:
+    click.echo(
+        f"{source['file']}: {source['rows_used']} of {source['rows_read']} rows used, "
+        f"{len(source['label_counts'])} labels"
+    )
+    if source["dropped_empty_text"]:
+        click.echo(f"  dropped {source['dropped_empty_text']} rows with an empty text")
+    if source["dropped_missing_label"]:
+        click.echo(f"  dropped {source['dropped_missing_label']} rows without a label")
+    if source["merged_labels"]:
+        merged = ", ".join(f"{label} ({count})" for label, count in source["merged_labels"].items())
+        target = source["fallback_label"]
+        if target:
+            click.echo(f"  merged rare labels into {target!r}: {merged}")
+        else:
+            click.echo(
+                f"  dropped {source['dropped_rare_label']} rows of rare labels, "
+                f"too few even when merged: {merged}"
+            )
+
+
+def _print_report(report: dict) -> None:
+    click.echo(f"model {report['model_version']} on {report['data']['file']}")
+    click.echo(
+        f"rows {report['rows']}: accuracy {report['accuracy']:.4f}, "
+        f"macro-F1 {report['macro_f1']:.4f}"
+    )
+    for target, coverage in report["coverage_at_precision"].items():
+        click.echo(f"coverage at {target} precision (one global threshold): {coverage:.4f}")
+    routed = report["at_thresholds"]
+    click.echo(
+        f"at the calibrated per-queue thresholds: coverage {routed['coverage']:.4f}, "
+        f"precision {_format(routed['precision'])}"
+    )
+    click.echo(f"{'queue':<28} {'precision':>9} {'recall':>7} {'support':>8}")
+    for label, entry in report["per_class"].items():
+        click.echo(
+            f"{label:<28} {entry['precision']:>9.4f} {entry['recall']:>7.4f} "
+            f"{entry['support']:>8}"
+        )
+    if report["unknown_labels"]:
+        click.echo(f"labels the model does not know: {', '.join(report['unknown_labels'])}")
+
+
+def _format(value) -> str:
+    return "none" if value is None else f"{value:.4f}"

@@ -1,0 +1,213 @@
+"""Loading labelled ticket files for training and evaluation.
+
+Reads CSV or JSON Lines without scikit-learn, so ``deskroute evaluate`` works on a server
+that has only the serving dependencies.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model.normalize import normalize_text
+
+logger = logging.getLogger(__name__)
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+DEFAULT_MIN_ROWS = 10
+DEFAULT_FALLBACK_LABEL = "Other"
+
+
+class DataError(ValueError):
+    """A training or evaluation file that cannot be used; the message names file and column."""
+
+
+@dataclass
+class Dataset:
+    """Normalised texts and labels of one file, with a record of what was dropped or merged."""
+
+    texts: list[str]
+    labels: list[str]
+    source: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def parse_columns(value: str) -> list[str]:
+    """Split a comma-separated column option such as ``short_description,description``."""
+    columns = [part.strip() for part in value.split(",") if part.strip()]
+    if not columns:
+        raise DataError(f"no text column given in {value!r}")
+    return columns
+
+
+def read_records(path: Path) -> tuple[list[dict], list[str]]:
+    """Read a CSV file (header row) or a JSON Lines file into dicts and the column names."""
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        return _read_jsonl(path)
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise DataError(f"{path}: empty CSV file, expected a header row")
+        try:
+            records = list(reader)
+        except csv.Error as error:
+            raise DataError(f"{path}: invalid CSV at line {reader.line_num}: {error}") from error
+        return records, list(reader.fieldnames)
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
+    records: list[dict] = []
+    columns: dict[str, None] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}: invalid JSON at line {number}: {error}") from error
+            if not isinstance(record, dict):
+                raise DataError(f"{path}: line {number} is not a JSON object")
+            records.append(record)
+            columns.update(dict.fromkeys(record))
+    return records, list(columns)
+
+
+def load_dataset(
+    path: str | Path,
+    text_columns: list[str],
+    label_column: str,
+    *,
+    min_rows: int = DEFAULT_MIN_ROWS,
+    fallback_label: str = DEFAULT_FALLBACK_LABEL,
+    known_labels: list[str] | None = None,
+) -> Dataset:
+    """Load, normalise and check a labelled file.
+
+    Rows whose normalised text is empty or whose label is missing are dropped and counted.
+    For training (``known_labels`` is None), labels with fewer than ``min_rows`` rows are
+    merged into ``fallback_label``, and fewer than two remaining labels raise
+    :class:`DataError`. For evaluation, labels the model does not know are mapped to the
+    fallback label when the model has one and kept otherwise, so they count as errors.
+    """
+    path = Path(path)
+    records, columns = read_records(path)
+    missing = [name for name in [*text_columns, label_column] if name not in columns]
+    if missing:
+        raise DataError(
+            f"{path}: column(s) {', '.join(missing)} not found; "
+            f"the file has: {', '.join(columns)}"
+        )
+    if not records:
+        raise DataError(f"{path}: no data rows")
+
+    texts: list[str] = []
+    labels: list[str] = []
+    empty_texts = 0
+    missing_labels = 0
+    for record in records:
+        label = str(record.get(label_column) or "").strip()
+        if not label:
+            missing_labels += 1
+            continue
+        parts = [str(record.get(name) or "") for name in text_columns]
+        text = normalize_text("\n".join(parts))
+        if not text:
+            empty_texts += 1
+            continue
+        texts.append(text)
+        labels.append(label)
+
+    if not texts:
+        raise DataError(f"{path}: no row has both a label and a non-empty text")
+
+    merged: dict[str, int] = {}
+    dropped_rare = 0
+    if known_labels is None:
+        labels, merged = merge_rare_labels(labels, min_rows, fallback_label)
+        # A fallback queue that is still smaller than min_rows cannot be split into train,
+        # validation and test rows, so its rows are dropped and counted instead.
+        if 0 < labels.count(fallback_label) < min_rows:
+            kept = [i for i, label in enumerate(labels) if label != fallback_label]
+            dropped_rare = len(labels) - len(kept)
+            texts = [texts[i] for i in kept]
+            labels = [labels[i] for i in kept]
+        distinct = sorted(set(labels))
+        if len(distinct) < 2:
+            found = repr(distinct[0]) if distinct else "none"
+            raise DataError(
+                f"{path}: column {label_column!r} has only one class ({found}) "
+                f"after merging labels with fewer than {min_rows} rows; at least two are needed"
+            )
+    else:
+        labels, merged = _map_unknown_labels(labels, known_labels, fallback_label)
+
+    source = {
+        "file": path.name,
+        "sha256": file_sha256(path),
+        "text_columns": text_columns,
+        "label_column": label_column,
+        "rows_read": len(records),
+        "rows_used": len(texts),
+        "dropped_empty_text": empty_texts,
+        "dropped_missing_label": missing_labels,
+        "merged_labels": merged,
+        "fallback_label": fallback_label if merged and not dropped_rare else None,
+        "dropped_rare_label": dropped_rare,
+        "label_counts": dict(sorted(Counter(labels).items())),
+    }
+    logger.info(
+        "loaded %s: %d rows used, %d empty texts and %d missing labels dropped, %d labels merged",
+        path,
+        len(texts),
+        empty_texts,
+        missing_labels,
+        len(merged),
+    )
+    return Dataset(texts=texts, labels=labels, source=source)
+
+
+def merge_rare_labels(
+    labels: list[str], min_rows: int, fallback_label: str
+) -> tuple[list[str], dict[str, int]]:
+    """Map every label with fewer than ``min_rows`` rows to ``fallback_label``.
+
+    Returns the new labels and the merged labels with their row counts. The fallback queue
+    itself is kept even when it stays small, because its rows have nowhere else to go.
+    """
+    counts = Counter(labels)
+    merged = {
+        label: count
+        for label, count in sorted(counts.items())
+        if count < min_rows and label != fallback_label
+    }
+    if not merged:
+        return labels, {}
+    return [fallback_label if label in merged else label for label in labels], merged
+
+
+def _map_unknown_labels(
+    labels: list[str], known_labels: list[str], fallback_label: str
+) -> tuple[list[str], dict[str, int]]:
+    known = set(known_labels)
+    unknown = Counter(label for label in labels if label not in known)
+    if not unknown or fallback_label not in known:
+        return labels, {}
+    return [label if label in known else fallback_label for label in labels], dict(unknown)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

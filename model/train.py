@@ -1,0 +1,292 @@
+"""Training, ONNX export and threshold calibration of the ticket classifier.
+
+Needs the ``train`` extra (scikit-learn, skl2onnx, onnx). The result is a folder with
+``model.onnx`` (one string in, class probabilities out) and ``metrics.json`` beside it.
+
+Steps: a stratified 70/15/15 split with a fixed seed; word (1-2) and character (2-4) n-gram
+TF-IDF; chi-squared selection of the strongest n-grams on the training split, so the
+exported graph stays small and fast; a multinomial logistic regression; export with
+skl2onnx; an agreement check of ONNX against scikit-learn on the test split; per-queue
+thresholds chosen on the validation split; figures on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from model import evaluation
+from model.data import Dataset, DataError
+from model.onnx_graph import (
+    MODEL_FILE,
+    METRICS_FILE,
+    model_version,
+    run_batched,
+    session_for,
+)
+
+logger = logging.getLogger(__name__)
+
+SEED = 0
+# Tokens of two or more ASCII letters, digits or underscores. The same pattern is given to
+# scikit-learn and to the ONNX Tokenizer, whose default replacement for scikit-learn's
+# pattern would also keep one-letter tokens; normalize_text has already folded accents.
+WORD_PATTERN = "[a-z0-9_][a-z0-9_]+"
+MIN_AGREEMENT = 0.995
+EXPORT_BATCH_SIZE = 64
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run; stored in metrics.json."""
+
+    name: str = "deskroute"
+    target_precision: float = evaluation.DEFAULT_TARGET_PRECISION
+    min_support: int = evaluation.DEFAULT_MIN_SUPPORT
+    word_features: int = 20_000
+    char_features: int = 30_000
+    min_df: int = 2
+    regularization_c: float = 10.0
+    max_iter: int = 300
+    validation_share: float = 0.15
+    test_share: float = 0.15
+
+
+def split_indices(
+    labels: list[str], validation_share: float, test_share: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split row indices into train, validation and test, stratified by label, seed 0."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(labels))
+    y = np.asarray(labels)
+    holdout = validation_share + test_share
+    try:
+        train, rest = train_test_split(indices, test_size=holdout, stratify=y, random_state=SEED)
+        validation, test = train_test_split(
+            rest, test_size=test_share / holdout, stratify=y[rest], random_state=SEED
+        )
+    except ValueError as error:
+        raise DataError(f"cannot split the data into train, validation and test: {error}") from error
+    return np.sort(train), np.sort(validation), np.sort(test)
+
+
+def build_pipeline(texts: list[str], labels: np.ndarray, config: TrainConfig):
+    """Fit the TF-IDF features with chi-squared selection and the logistic regression.
+
+    Selection keeps the ``word_features`` and ``char_features`` n-grams with the highest
+    chi-squared score against the labels. The vectorizers are then refitted with that
+    fixed vocabulary, so the exported graph never computes the discarded columns.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_selection import chi2
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, Pipeline
+
+    # lowercase=False: normalize_text has lower-cased already, and the exported graph then
+    # needs no StringNormalizer, whose default locale is not installed everywhere.
+    settings = {
+        "word": {"analyzer": "word", "ngram_range": (1, 2), "token_pattern": WORD_PATTERN},
+        "char": {"analyzer": "char", "ngram_range": (2, 4)},
+    }
+    limits = {"word": config.word_features, "char": config.char_features}
+    vectorizers = []
+    for kind, options in settings.items():
+        probe = TfidfVectorizer(lowercase=False, min_df=config.min_df, dtype=np.float32, **options)
+        matrix = probe.fit_transform(texts)
+        scores, _ = chi2(matrix, labels)
+        scores = np.nan_to_num(scores)
+        keep = np.sort(np.argsort(-scores, kind="stable")[: limits[kind]])
+        vocabulary = probe.get_feature_names_out()[keep]
+        if kind == "word":
+            vocabulary = _with_bigram_parts(vocabulary)
+        vectorizers.append(
+            (
+                kind,
+                TfidfVectorizer(
+                    lowercase=False, vocabulary=list(vocabulary), dtype=np.float32, **options
+                ),
+            )
+        )
+        logger.info("%s n-grams: kept %d of %d", kind, len(vocabulary), matrix.shape[1])
+
+    classifier = LogisticRegression(C=config.regularization_c, max_iter=config.max_iter)
+    pipeline = Pipeline([("features", FeatureUnion(vectorizers)), ("classifier", classifier)])
+    pipeline.fit(texts, labels)
+    return pipeline
+
+
+def _with_bigram_parts(vocabulary) -> list[str]:
+    """Add the words of every kept bigram to the vocabulary.
+
+    skl2onnx 1.20 exports a bigram as two tokens only when both words are in the
+    vocabulary; otherwise it becomes one token with a space inside, which the ONNX
+    tokenizer never produces, so the bigram would silently score zero.
+    """
+    terms = set(vocabulary)
+    for term in vocabulary:
+        terms.update(term.split(" "))
+    return sorted(terms)
+
+
+def export_onnx(pipeline) -> bytes:
+    """Convert the fitted pipeline to ONNX: a string tensor [N, 1] in, probabilities out."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import StringTensorType
+
+    features = pipeline.named_steps["features"]
+    word_vectorizer = dict(features.transformer_list)["word"]
+    options = {
+        id(word_vectorizer): {"tokenexp": WORD_PATTERN},
+        id(pipeline.named_steps["classifier"]): {"zipmap": False},
+    }
+    onnx_model = convert_sklearn(
+        pipeline,
+        initial_types=[("text", StringTensorType([None, 1]))],
+        options=options,
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    _set_pad_value(onnx_model)
+    return onnx_model.SerializeToString()
+
+
+def _set_pad_value(onnx_model) -> None:
+    """Pad tokenised batches with ``\\x01`` in place of skl2onnx's ``#``.
+
+    skl2onnx 1.20 pads shorter rows of a batch with ``#`` and only checks that ``#`` alone
+    is not in the vocabulary. Character n-grams such as ``"# "`` are, so a batched call
+    counted n-grams that were not in the text. normalize_text removes control
+    characters, so ``\\x01`` never occurs in a real token.
+    """
+    from onnx import helper
+
+    for node in onnx_model.graph.node:
+        if node.op_type != "Tokenizer":
+            continue
+        for index, attribute in enumerate(node.attribute):
+            if attribute.name == "pad_value":
+                node.attribute[index].CopyFrom(helper.make_attribute("pad_value", "\x01"))
+
+
+def train_model(
+    dataset: Dataset,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Train, export, check and calibrate a model; write model.onnx and metrics.json.
+
+    Returns the metrics dict. Raises :class:`DataError` for unusable data and
+    RuntimeError when the exported model disagrees with scikit-learn.
+    """
+    config = config or TrainConfig()
+    step = progress or (lambda message: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    labels = sorted(set(dataset.labels))
+    label_index = {label: i for i, label in enumerate(labels)}
+    y = np.array([label_index[label] for label in dataset.labels])
+    texts = np.array(dataset.texts, dtype=object)
+
+    step("splitting")
+    train, validation, test = split_indices(
+        dataset.labels, config.validation_share, config.test_share
+    )
+
+    step("fitting features and classifier")
+    pipeline = build_pipeline(list(texts[train]), y[train], config)
+    classes = list(pipeline.named_steps["classifier"].classes_)
+    if classes != list(range(len(labels))):
+        raise DataError("every label needs rows in the training split")
+
+    step("exporting to ONNX")
+    onnx_bytes = export_onnx(pipeline)
+    (out / MODEL_FILE).write_bytes(onnx_bytes)
+    session = session_for(onnx_bytes)
+
+    step("checking ONNX against scikit-learn")
+    test_onnx = run_batched(session, list(texts[test]), EXPORT_BATCH_SIZE)
+    test_sklearn = pipeline.predict_proba(list(texts[test]))
+    agreement = float((test_onnx.argmax(axis=1) == test_sklearn.argmax(axis=1)).mean())
+    max_difference = float(np.abs(test_onnx - test_sklearn).max())
+    if agreement < MIN_AGREEMENT:
+        raise RuntimeError(
+            f"ONNX and scikit-learn agree on {agreement:.4f} of the test rows, "
+            f"below the required {MIN_AGREEMENT}; the export is not usable"
+        )
+
+    step("choosing thresholds on the validation split")
+    validation_onnx = run_batched(session, list(texts[validation]), EXPORT_BATCH_SIZE)
+    thresholds = evaluation.choose_thresholds(
+        y[validation], validation_onnx, labels, config.target_precision, config.min_support
+    )
+    cutoffs = {label: entry["threshold"] for label, entry in thresholds.items()}
+
+    metrics = {
+        "model_version": model_version(config.name, onnx_bytes),
+        "labels": labels,
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": dataset.source,
+        "rows": {
+            "train": len(train),
+            "validation": len(validation),
+            "test": len(test),
+        },
+        "config": asdict(config),
+        "features": _feature_counts(pipeline),
+        "target_precision": config.target_precision,
+        "thresholds": thresholds,
+        "validation": {
+            "at_thresholds": evaluation.threshold_summary(
+                y[validation], validation_onnx, labels, cutoffs
+            ),
+        },
+        "test": {
+            **evaluation.classification_summary(y[test], test_onnx.argmax(axis=1), labels),
+            "at_thresholds": evaluation.threshold_summary(y[test], test_onnx, labels, cutoffs),
+            "coverage_at_precision": {
+                str(target): evaluation.coverage_at_precision(y[test], test_onnx, target)
+                for target in (0.90, 0.95)
+            },
+            "onnx_agreement": round(agreement, 6),
+            "onnx_max_probability_difference": max_difference,
+        },
+        "model_file_bytes": len(onnx_bytes),
+        "software": _versions(),
+    }
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    logger.info(
+        "trained %s: test accuracy %.4f, macro-F1 %.4f",
+        metrics["model_version"],
+        metrics["test"]["accuracy"],
+        metrics["test"]["macro_f1"],
+    )
+    return metrics
+
+
+def _feature_counts(pipeline) -> dict[str, int]:
+    features = pipeline.named_steps["features"]
+    return {name: len(vec.vocabulary_) for name, vec in features.transformer_list}
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import sklearn
+    import skl2onnx
+
+    return {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "skl2onnx": skl2onnx.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }

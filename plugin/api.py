@@ -1,0 +1,187 @@
+"""The decisions API: what the side panels and reports read, and where analysts answer.
+
+Every route needs ``Authorization: Bearer <DESKROUTE_API_TOKEN>``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+from marshmallow import Schema, fields, validate
+
+from plugin import intake
+from plugin.errors import APIError
+from plugin.store import DELIVERY_STATUSES
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__)
+
+
+def require_token(view):
+    """Reject the request with 401 unless it carries the configured bearer token."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        token = current_app.extensions["deskroute"].settings.api_token
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            raise APIError(401, "missing_token", "send Authorization: Bearer <api token>")
+        if not token or not hmac.compare_digest(presented.strip().encode(), token.get().encode()):
+            raise APIError(401, "invalid_token", "the bearer token is not valid")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _decision_view(row: dict) -> dict:
+    return {
+        "id": row["id"],
+        "helpdesk": row["helpdesk"],
+        "ticket_id": row["ticket_id"],
+        "delivery_id": row["delivery_id"],
+        "created_at": row["created_at"],
+        "mode": row["mode"],
+        "model_version": row["model_version"],
+        "queue": row["queue"],
+        "priority": row["priority"],
+        "action": row["action"],
+        "confidence": row["confidence"],
+        "status": row["status"],
+        "decision": row["decision"],
+        "prediction": row["prediction"],
+        "account": row["account"],
+        "writeback_request": row["writeback_request"],
+        "writeback_result": row["writeback_result"],
+        "timings": row["timings"],
+    }
+
+
+class DecisionQuery(Schema):
+    helpdesk = fields.String(required=True, validate=validate.OneOf(["zendesk", "jira"]))
+    ticket_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+@bp.get("/decisions")
+@require_token
+def list_decisions():
+    query = intake.validate(DecisionQuery(), request.args.to_dict())
+    store = current_app.extensions["deskroute"].store
+    rows = store.decisions_for_ticket(query["helpdesk"], query["ticket_id"])
+    return jsonify(
+        {
+            "helpdesk": query["helpdesk"],
+            "ticket_id": query["ticket_id"],
+            "decisions": [_decision_view(row) for row in rows],
+            "feedback": store.feedback_for_ticket(query["helpdesk"], query["ticket_id"]),
+        }
+    )
+
+
+@bp.get("/decisions/<int:decision_id>")
+@require_token
+def show_decision(decision_id: int):
+    row = current_app.extensions["deskroute"].store.get_decision(decision_id)
+    if row is None:
+        raise APIError(404, "not_found", f"decision {decision_id} not found")
+    return jsonify(_decision_view(row))
+
+
+class FeedbackBody(Schema):
+    verdict = fields.String(required=True, validate=validate.OneOf(["accept", "override"]))
+    field = fields.String(load_default="group", validate=validate.OneOf(["group", "priority"]))
+    chosen = fields.String(allow_none=True, validate=validate.Length(max=200))
+    actor = fields.String(allow_none=True, validate=validate.Length(max=200))
+
+
+@bp.post("/decisions/<int:decision_id>/feedback")
+@require_token
+def add_feedback(decision_id: int):
+    store = current_app.extensions["deskroute"].store
+    row = store.get_decision(decision_id)
+    if row is None:
+        raise APIError(404, "not_found", f"decision {decision_id} not found")
+    body = intake.validate(FeedbackBody(), request.get_json(silent=True) or {})
+    suggested = row["priority"] if body["field"] == "priority" else row["decision"].get("target")
+    if body["verdict"] == "override" and not body.get("chosen"):
+        raise APIError(
+            400, "invalid_payload", "invalid field chosen: required for an override", field="chosen"
+        )
+    feedback_id = store.add_feedback(
+        helpdesk=row["helpdesk"],
+        ticket_id=row["ticket_id"],
+        decision=decision_id,
+        verdict=body["verdict"],
+        field=body["field"],
+        suggested=suggested,
+        chosen=body.get("chosen") if body["verdict"] == "override" else suggested,
+        actor=body.get("actor"),
+        source="api",
+    )
+    log.info(
+        "%s ticket %s: %s of decision %s recorded",
+        row["helpdesk"],
+        row["ticket_id"],
+        body["verdict"],
+        decision_id,
+    )
+    return jsonify({"status": "recorded", "feedback": feedback_id}), 201
+
+
+@bp.get("/deliveries")
+@require_token
+def list_deliveries():
+    status = request.args.get("status")
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise APIError(400, "invalid_payload", f"invalid field status: {status!r}", field="status")
+    store = current_app.extensions["deskroute"].store
+    return jsonify({"counts": store.delivery_counts(), "deliveries": store.list_deliveries(status)})
+
+
+@bp.get("/deliveries/<int:row_id>")
+@require_token
+def show_delivery(row_id: int):
+    store = current_app.extensions["deskroute"].store
+    delivery = store.get_delivery(row_id)
+    if delivery is None:
+        raise APIError(404, "not_found", f"delivery {row_id} not found")
+    return jsonify(
+        {
+            "id": delivery.id,
+            "helpdesk": delivery.helpdesk,
+            "delivery_id": delivery.delivery_id,
+            "ticket_id": delivery.ticket_id,
+            "status": delivery.status,
+            "attempts": delivery.attempts,
+            "last_error": delivery.last_error,
+            "failures": store.failures(row_id),
+        }
+    )
+
+
+@bp.post("/deliveries/<int:row_id>/retry")
+@require_token
+def retry_delivery(row_id: int):
+    state = current_app.extensions["deskroute"]
+    if not state.store.requeue_delivery(row_id):
+        raise APIError(409, "not_failed", f"delivery {row_id} is not in the failed state")
+    state.notify_worker()
+    return jsonify({"status": "queued", "delivery": row_id}), 202
+
+
+def healthz():
+    state = current_app.extensions["deskroute"]
+    return jsonify(
+        {
+            "status": "ok",
+            "worker": state.worker.running,
+            "model": state.classifier.version,
+            "mode": state.settings.mode or state.policy.mode,
+            "helpdesks": sorted(state.connectors),
+            "deliveries": state.store.delivery_counts(),
+        }
+    )

@@ -1,0 +1,140 @@
+"""The ``deskroute`` command: serve, check-config, replay, and the model and install commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from plugin.config import ConfigError, load_settings
+from plugin.rules import PolicyError
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _settings_or_exit(config_file, **overrides):
+    try:
+        return load_settings(config_file, **overrides)
+    except (ConfigError, PolicyError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.option("--log-level", default="info", show_default=True, help="Logging level.")
+def main(log_level: str) -> None:
+    """deskroute: classify, enrich and route help desk tickets."""
+    configure_logging(log_level)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--workers", default=1, show_default=True, type=int, help="gunicorn processes.")
+@click.option("--threads", default=8, show_default=True, type=int, help="Threads per process.")
+def serve(host: str, port: int, config_file: str | None, workers: int, threads: int) -> None:
+    """Run the webhook server behind gunicorn, with the in-process worker."""
+    from plugin.server import run_gunicorn
+
+    settings = _settings_or_exit(config_file)
+    _check_startup(settings)
+    run_gunicorn(settings, host=host, port=port, workers=workers, threads=threads)
+
+
+def _check_startup(settings) -> None:
+    """Load policy and model once before forking, so that errors show before the server runs."""
+    from model.inference import Classifier
+    from plugin.policy import Policy
+
+    try:
+        policy = Policy.load(settings.policy_file)
+        classifier = Classifier.load(settings.model_dir)
+    except (PolicyError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    mode = settings.mode or policy.mode
+    if not settings.zendesk_configured and mode != "shadow":
+        log.warning("mode %s requested but no Zendesk credentials are set: shadow mode", mode)
+    log.info(
+        "model %s with %s queues, policy %s, database %s",
+        classifier.version,
+        len(classifier.labels),
+        policy.source,
+        settings.resolved_database_url().split("@")[-1],
+    )
+
+
+@main.command("check-config")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+def check_config(config_file: str | None) -> None:
+    """Validate settings, policy and model; print them with secrets shown as [secure]."""
+    from model.inference import Classifier
+    from plugin.policy import Policy
+
+    settings = _settings_or_exit(config_file)
+    try:
+        policy = Policy.load(settings.policy_file)
+    except PolicyError as exc:
+        raise click.ClickException(f"policy: {exc}") from None
+    try:
+        classifier = Classifier.load(settings.model_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"model: {exc}") from None
+    report = {
+        "settings": settings.redacted(),
+        "database": settings.resolved_database_url().split("@")[-1],
+        "policy": {
+            "source": policy.source,
+            "mode": policy.mode,
+            "effective_mode": _effective_mode(settings, policy),
+            "queues": sorted(policy.queues),
+            "rules": [rule.name for rule in policy.rules.rules],
+        },
+        "model": {"version": classifier.version, "queues": classifier.labels},
+        "warnings": policy.check_labels(classifier.labels),
+    }
+    click.echo(json.dumps(report, indent=2, default=str))
+
+
+def _effective_mode(settings, policy) -> str:
+    if not settings.zendesk_configured and not settings.jira_configured:
+        return "shadow"
+    return settings.mode or policy.mode
+
+
+@main.command()
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--text", "text_columns", required=True, help="Text column(s), comma-separated.")
+@click.option("--label", "label_column", help="Column with the expected queue.")
+@click.option("--url", help="Base URL of a running server; without it an in-process app is used.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--limit", type=int, help="Send at most this many rows.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for decisions.")
+def replay(csv_file, text_columns, label_column, url, config_file, limit, timeout) -> None:
+    """Send each CSV row as a signed Zendesk webhook and report on the decisions."""
+    from plugin.replay import ReplayError, run_replay
+
+    settings = _settings_or_exit(config_file)
+    try:
+        report = run_replay(
+            csv_file,
+            text_columns=[column.strip() for column in text_columns.split(",")],
+            label_column=label_column,
+            url=url,
+            settings=settings,
+            limit=limit,
+            timeout=timeout,
+        )
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.render())
+    if report.missing:
+        sys.exit(1)

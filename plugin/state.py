@@ -1,0 +1,121 @@
+"""The objects one app process shares: settings, store, policy, model, connectors, worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from pathlib import Path
+
+from plugin.config import Secret, Settings
+from plugin.policy import Policy
+from plugin.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def local_secret(settings: Settings, name: str) -> Secret:
+    """Read or create a random secret kept in the data folder, readable by the owner only.
+
+    Used when no API token or webhook secret is configured, so that a fresh
+    ``deskroute serve`` is protected from its first request. The value is never logged.
+    """
+    path = Path(settings.data_dir) / name
+    if path.exists():
+        return Secret(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value + "\n")
+    log.warning("no %s configured: generated one in %s", name.replace("-", " "), path)
+    return Secret(value)
+
+
+def build_connectors(settings: Settings, policy: Policy) -> dict:
+    connectors = {}
+    if settings.zendesk_configured:
+        from connectors.zendesk import ZendeskConnector
+
+        connectors["zendesk"] = ZendeskConnector(
+            settings.zendesk_subdomain,
+            settings.zendesk_email,
+            settings.zendesk_token.get(),
+            timeout=settings.zendesk_timeout_seconds,
+            own_tag=settings.own_tag,
+        )
+    if settings.jira_configured:
+        from connectors.jira import JiraConnector
+
+        connectors["jira"] = JiraConnector.from_settings(settings, policy.helpdesk_options["jira"])
+    return connectors
+
+
+class AppState:
+    """Stored in ``app.extensions["deskroute"]``; views and the worker reach everything here."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store=None,
+        policy=None,
+        classifier=None,
+        connectors=None,
+        enricher=None,
+    ):
+        self.settings = settings
+        self.policy = policy or Policy.load(settings.policy_file)
+        self.store = store or Store(
+            settings.resolved_database_url(), lease_seconds=settings.lease_seconds
+        )
+        self.store.create_schema()
+        if classifier is None:
+            from model.inference import Classifier
+
+            classifier = Classifier.load(settings.model_dir)
+        self.classifier = classifier
+        for warning in self.policy.check_labels(classifier.labels):
+            log.warning("policy %s: %s", self.policy.source, warning)
+        self.connectors = (
+            build_connectors(settings, self.policy) if connectors is None else connectors
+        )
+        if enricher is None:
+            from plugin.context import Enricher
+
+            enricher = Enricher.from_settings(settings, self.policy.document)
+        self.enricher = enricher
+        self._own_users: dict[str, str | None] = {
+            "zendesk": settings.zendesk_user_id,
+            "jira": settings.jira_account_id,
+        }
+        self._own_users_lock = threading.Lock()
+        from plugin.worker import Worker
+
+        self.worker = Worker(self)
+
+    def own_user_id(self, helpdesk: str, *, fetch: bool = False) -> str | None:
+        """Return the help desk user id deskroute writes as.
+
+        Intake passes ``fetch=False`` so that no request waits on the help desk; the
+        worker fetches it once through the connector and caches it.
+        """
+        known = self._own_users.get(helpdesk)
+        if known or not fetch:
+            return known
+        connector = self.connectors.get(helpdesk)
+        if connector is None or not hasattr(connector, "own_user_id"):
+            return None
+        with self._own_users_lock:
+            if self._own_users.get(helpdesk):
+                return self._own_users[helpdesk]
+            try:
+                self._own_users[helpdesk] = connector.own_user_id()
+            except Exception as exc:  # noqa: BLE001 - any failure only delays recognition
+                log.warning("%s: could not read deskroute's own user id: %s", helpdesk, exc)
+                return None
+        return self._own_users[helpdesk]
+
+    def notify_worker(self) -> None:
+        self.worker.notify()

@@ -1,0 +1,1 @@
+"""Webhook blueprints, one module per help desk."""

@@ -1,0 +1,412 @@
+"""Training, export, calibration and serving of the classifier, end to end on a real sample."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from model.cli import evaluate_command, train_command
+from model.data import DataError, load_dataset
+from model.inference import DEFAULT_MODEL_DIR, Classifier, ModelError, Prediction
+from model.train import TrainConfig, build_pipeline, split_indices, train_model
+
+SAMPLE = Path(__file__).parent / "fixtures" / "data" / "it-service-tickets-sample.csv"
+QUEUES = [
+    "Access",
+    "Administrative rights",
+    "HR Support",
+    "Hardware",
+    "Internal Project",
+    "Miscellaneous",
+    "Purchase",
+    "Storage",
+]
+CONFIG = TrainConfig(name="sample", target_precision=0.8)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_dataset(SAMPLE, ["text"], "queue")
+
+
+@pytest.fixture(scope="module")
+def trained(sample, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    metrics = train_model(sample, out, CONFIG)
+    return out, metrics
+
+
+@pytest.fixture(scope="module")
+def classifier(trained):
+    return Classifier.load(trained[0])
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def sample_rows() -> list[dict]:
+    with SAMPLE.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_train_writes_model_and_metrics(trained, sample):
+    out, metrics = trained
+    onnx_bytes = (out / "model.onnx").read_bytes()
+    stored = json.loads((out / "metrics.json").read_text())
+
+    assert stored == metrics
+    assert metrics["labels"] == QUEUES
+    assert metrics["model_version"] == f"sample-{hashlib.sha256(onnx_bytes).hexdigest()[:12]}"
+    assert metrics["rows"] == {"train": 336, "validation": 72, "test": 72}
+    assert metrics["data"]["rows_used"] == len(sample) == 480
+    assert metrics["data"]["file"] == SAMPLE.name
+    assert metrics["model_file_bytes"] == len(onnx_bytes)
+    assert 0.0 < metrics["test"]["accuracy"] <= 1.0
+    assert 0.0 < metrics["test"]["macro_f1"] <= 1.0
+    assert set(metrics["test"]["per_class"]) == set(QUEUES)
+    assert set(metrics["thresholds"]) == set(QUEUES)
+    assert sum(entry["support"] for entry in metrics["test"]["per_class"].values()) == 72
+
+
+def test_split_is_stratified_and_deterministic(sample):
+    first = split_indices(sample.labels, 0.15, 0.15)
+    second = split_indices(sample.labels, 0.15, 0.15)
+
+    for a, b in zip(first, second, strict=True):
+        assert np.array_equal(a, b)
+    train, validation, test = first
+    assert len(set(train) | set(validation) | set(test)) == len(sample)
+    labels = np.array(sample.labels)
+    for queue in QUEUES:
+        assert (labels[test] == queue).sum() == 9
+        assert (labels[validation] == queue).sum() == 9
+
+
+def test_onnx_agrees_with_sklearn(sample, classifier, trained):
+    labels = np.array([QUEUES.index(label) for label in sample.labels])
+    texts = np.array(sample.texts, dtype=object)
+    train, _, test = split_indices(sample.labels, 0.15, 0.15)
+    pipeline = build_pipeline(list(texts[train]), labels[train], CONFIG)
+
+    expected = pipeline.predict_proba(list(texts[test]))
+    actual = classifier.probabilities(list(texts[test]))
+
+    assert np.abs(expected - actual).max() < 1e-4
+    assert (expected.argmax(axis=1) == actual.argmax(axis=1)).mean() >= 0.995
+    assert trained[1]["test"]["onnx_agreement"] >= 0.995
+
+
+def test_batched_scores_equal_single(sample, classifier):
+    texts = sample.texts[:40]
+
+    batched = classifier.probabilities(texts, batch_size=16)
+    single = np.concatenate([classifier.probabilities([text]) for text in texts])
+
+    assert np.abs(batched - single).max() < 1e-5
+
+
+def test_thresholds_reach_precision_on_validation(sample, classifier, trained):
+    metrics = trained[1]
+    labels = np.array([QUEUES.index(label) for label in sample.labels])
+    _, validation, _ = split_indices(sample.labels, 0.15, 0.15)
+    probabilities = classifier.probabilities([sample.texts[i] for i in validation])
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    truth = labels[validation]
+    calibrated = [q for q in QUEUES if metrics["thresholds"][q]["threshold"] is not None]
+
+    assert calibrated, "no queue reached the target precision on the sample"
+    for index, queue in enumerate(QUEUES):
+        entry = metrics["thresholds"][queue]
+        mine = predicted == index
+        if entry["threshold"] is None:
+            assert entry["coverage"] == 0.0
+            continue
+        routed = mine & (confidence >= entry["threshold"])
+        precision = (truth[routed] == index).mean()
+        assert precision >= CONFIG.target_precision
+        assert entry["precision"] == pytest.approx(precision, abs=1e-4)
+        assert entry["coverage"] == pytest.approx(routed.sum() / mine.sum(), abs=1e-4)
+        # No lower candidate threshold reaches the target with enough rows.
+        for lower in confidence[mine & (confidence < entry["threshold"])]:
+            below = mine & (confidence >= lower)
+            assert (truth[below] == index).mean() < CONFIG.target_precision or (
+                below.sum() < CONFIG.min_support
+            )
+
+
+def test_predict_returns_full_prediction(classifier):
+    text = "<p>Hello,</p><p>please purchase a new laptop docking station for our team</p>"
+
+    prediction = classifier.predict(text)
+
+    assert isinstance(prediction, Prediction)
+    assert prediction.queue in QUEUES
+    assert prediction.model_version == classifier.version
+    assert prediction.probabilities[prediction.queue] == pytest.approx(
+        prediction.confidence, abs=1e-6
+    )
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert len(prediction.alternatives) == 3
+    scores = [prediction.confidence] + [score for _, score in prediction.alternatives]
+    assert scores == sorted(scores, reverse=True)
+    assert prediction.queue not in [queue for queue, _ in prediction.alternatives]
+    assert prediction.threshold == classifier.thresholds[prediction.queue]
+    assert prediction.guards == []
+    data = prediction.to_dict()
+    assert data["queue"] == prediction.queue
+    assert data["meets_threshold"] == prediction.meets_threshold
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_empty_text_is_guarded(classifier):
+    for text in ("", "   \n\t", "<p> </p>"):
+        prediction = classifier.predict(text)
+        assert prediction.guards == ["text is empty"]
+        assert not prediction.meets_threshold
+
+
+def test_short_text_is_guarded(classifier):
+    prediction = classifier.predict("laptop")
+
+    assert prediction.guards
+    assert "too short" in prediction.guards[0]
+    assert not prediction.meets_threshold
+
+
+def test_meets_threshold_rules():
+    base = dict(
+        queue="Access",
+        confidence=0.8,
+        alternatives=[],
+        probabilities={"Access": 0.8},
+        model_version="m-1",
+    )
+
+    assert Prediction(threshold=0.7, **base).meets_threshold
+    assert Prediction(threshold=0.8, **base).meets_threshold
+    assert not Prediction(threshold=0.81, **base).meets_threshold
+    assert not Prediction(threshold=None, **base).meets_threshold
+    assert not Prediction(threshold=0.5, guards=["text is empty"], **base).meets_threshold
+
+
+def test_predict_many_matches_predict(sample, classifier):
+    texts = sample.texts[:10]
+
+    many = classifier.predict_many(texts, batch_size=4)
+
+    assert [p.queue for p in many] == [classifier.predict(t).queue for t in texts]
+
+
+def test_predict_from_threads(sample, classifier):
+    texts = sample.texts[:50]
+    expected = [classifier.predict(text).probabilities for text in texts]
+    results: dict[int, list] = {}
+
+    def work(worker: int) -> None:
+        results[worker] = [classifier.predict(text).probabilities for text in texts]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(results) == 4
+    for worker_result in results.values():
+        assert worker_result == expected
+
+
+def test_load_rejects_mismatched_metrics(trained, tmp_path):
+    out = trained[0]
+    (tmp_path / "model.onnx").write_bytes((out / "model.onnx").read_bytes())
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["model_version"] = "sample-000000000000"
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+
+    with pytest.raises(ModelError, match="SHA-256"):
+        Classifier.load(tmp_path)
+
+
+def test_load_missing_folder(tmp_path):
+    with pytest.raises(ModelError, match="model file not found"):
+        Classifier.load(tmp_path / "nothing")
+
+
+def test_load_rejects_wrong_label_count(trained, tmp_path):
+    out = trained[0]
+    (tmp_path / "model.onnx").write_bytes((out / "model.onnx").read_bytes())
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["labels"] = metrics["labels"][:3]
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+
+    with pytest.raises(ModelError, match="returns 8 probabilities"):
+        Classifier.load(tmp_path)
+
+
+def test_missing_column_is_reported(tmp_path):
+    path = write_csv(tmp_path / "t.csv", [{"body": "printer broken", "queue": "Hardware"}])
+
+    with pytest.raises(DataError, match=r"column\(s\) text not found; the file has: body, queue"):
+        load_dataset(path, ["text"], "queue")
+
+
+def test_one_class_is_rejected(tmp_path):
+    rows = [{"text": f"printer number {i} broken", "queue": "Hardware"} for i in range(30)]
+    path = write_csv(tmp_path / "t.csv", rows)
+
+    with pytest.raises(DataError, match="only one class"):
+        load_dataset(path, ["text"], "queue")
+
+
+def test_rare_labels_merge_into_fallback(tmp_path):
+    rows = sample_rows()[:200]
+    rows += [{"text": f"rare request {i} about the canteen", "queue": "Canteen"} for i in range(4)]
+    rows += [{"text": f"rare request {i} about parking", "queue": "Parking"} for i in range(7)]
+    path = write_csv(tmp_path / "t.csv", rows)
+
+    dataset = load_dataset(path, ["text"], "queue", min_rows=10, fallback_label="Other")
+
+    assert dataset.source["merged_labels"] == {"Canteen": 4, "Parking": 7}
+    assert dataset.source["fallback_label"] == "Other"
+    assert dataset.labels.count("Other") == 11
+    assert "Canteen" not in dataset.labels
+
+
+def test_tiny_fallback_is_dropped(tmp_path):
+    rows = sample_rows()[:200]
+    rows += [{"text": "rare request about the canteen menu", "queue": "Canteen"}]
+    path = write_csv(tmp_path / "t.csv", rows)
+
+    dataset = load_dataset(path, ["text"], "queue", min_rows=10)
+
+    assert dataset.source["dropped_rare_label"] == 1
+    assert dataset.source["fallback_label"] is None
+    assert len(dataset) == 200
+
+
+def test_empty_texts_are_dropped_and_counted(tmp_path):
+    rows = sample_rows()[:100]
+    rows += [{"text": "", "queue": "Hardware"}, {"text": "<br> ", "queue": "Access"}]
+    rows += [{"text": "printer broken again today", "queue": ""}]
+    path = write_csv(tmp_path / "t.csv", rows)
+
+    dataset = load_dataset(path, ["text"], "queue")
+
+    assert dataset.source["dropped_empty_text"] == 2
+    assert dataset.source["dropped_missing_label"] == 1
+    assert len(dataset) == 100
+
+
+def test_jsonl_with_two_text_columns(tmp_path):
+    path = tmp_path / "t.jsonl"
+    with path.open("w") as handle:
+        for row in sample_rows()[:50]:
+            words = row["text"].split()
+            record = {"subject": " ".join(words[:3]), "body": " ".join(words[3:])}
+            handle.write(json.dumps({**record, "group": row["queue"]}) + "\n")
+
+    dataset = load_dataset(path, ["subject", "body"], "group")
+
+    assert len(dataset) == 50
+    assert dataset.source["text_columns"] == ["subject", "body"]
+
+
+def test_invalid_json_line_is_reported(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a", "queue": "b"}\n{not json\n')
+
+    with pytest.raises(DataError, match="invalid JSON at line 2"):
+        load_dataset(path, ["text"], "queue")
+
+
+def test_cli_train_and_evaluate(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "model"
+
+    trained = runner.invoke(
+        train_command,
+        ["--data", str(SAMPLE), "--text", "text", "--label", "queue", "--out", str(out)],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert "test: accuracy" in trained.output
+    assert (out / "model.onnx").is_file()
+
+    evaluated = runner.invoke(
+        evaluate_command,
+        ["--model", str(out), "--data", str(SAMPLE), "--text", "text", "--label", "queue"],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "accuracy" in evaluated.output
+
+    as_json = runner.invoke(
+        evaluate_command,
+        ["--model", str(out), "--data", str(SAMPLE), "--text", "text", "--label", "queue"]
+        + ["--json"],
+    )
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.output)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert report["model_version"] == metrics["model_version"]
+    assert report["rows"] == 480
+    assert report["confusion_matrix"]["labels"] == QUEUES
+    assert sum(map(sum, report["confusion_matrix"]["rows"])) == 480
+    diagonal = sum(report["confusion_matrix"]["rows"][i][i] for i in range(len(QUEUES)))
+    assert report["accuracy"] == pytest.approx(diagonal / 480, abs=1e-4)
+    assert set(report["at_thresholds"]["per_queue"]) == set(QUEUES)
+    assert len(report["precision_coverage_curve"]) > 3
+
+
+def test_cli_train_reports_missing_column(tmp_path):
+    result = CliRunner().invoke(
+        train_command,
+        ["--data", str(SAMPLE), "--text", "body", "--label", "queue", "--out", str(tmp_path)],
+    )
+
+    assert result.exit_code == 1
+    assert "column(s) body not found" in result.output
+
+
+def test_cli_train_reports_missing_file(tmp_path):
+    result = CliRunner().invoke(
+        train_command,
+        ["--data", str(tmp_path / "none.csv"), "--text", "text", "--label", "queue"],
+    )
+
+    assert result.exit_code == 1
+    assert "data file not found" in result.output
+
+
+def test_shipped_model_matches_metrics():
+    classifier = Classifier.load()
+    metrics = json.loads((DEFAULT_MODEL_DIR / "metrics.json").read_text())
+    onnx_bytes = (DEFAULT_MODEL_DIR / "model.onnx").read_bytes()
+    rows = sample_rows()
+
+    predictions = classifier.predict_many([row["text"] for row in rows])
+
+    assert classifier.version == metrics["model_version"]
+    assert metrics["model_version"].endswith(hashlib.sha256(onnx_bytes).hexdigest()[:12])
+    assert classifier.labels == QUEUES == metrics["labels"]
+    assert len(onnx_bytes) < 10 * 1024 * 1024
+    assert metrics["data"]["file"] == "train.csv"
+    assert metrics["test"]["onnx_agreement"] >= 0.995
+    assert {p.model_version for p in predictions} == {metrics["model_version"]}
+    # The sample overlaps the shipped model's training rows, so this is a floor for a
+    # working model, not a quality figure.
+    accuracy = np.mean([p.queue == row["queue"] for p, row in zip(predictions, rows)])
+    assert accuracy >= metrics["test"]["accuracy"] - 0.05
+    for queue, entry in metrics["thresholds"].items():
+        assert classifier.thresholds[queue] == entry["threshold"]
