@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import requests
 from jira import JIRA
@@ -187,6 +188,52 @@ def validate_routing(group: Any, options: JiraOptions | None = None) -> None:
         parse_routing(group, project, options)
 
 
+def _target_tables(group: Any) -> list[dict[str, Any]]:
+    if not isinstance(group, dict):
+        return []
+    tables = [{key: value for key, value in group.items() if key != "projects"}]
+    tables.extend(table for table in (group.get("projects") or {}).values() if table)
+    return [table for table in tables if table]
+
+
+def routing_value(group: Any, project: str | None) -> Any:
+    """Return the value a changelog shows once ``group`` is applied to an issue of ``project``.
+
+    Names for request types and options given by name (the changelog's ``toString``), ids
+    for those given by id and for teams (its ``to``), so that a human change read from a
+    webhook can be compared with what deskroute suggested.
+    """
+    table = group
+    if isinstance(group, dict) and project and project in (group.get("projects") or {}):
+        table = group["projects"][project]
+    if not isinstance(table, dict):
+        return None
+    for key in _TARGET_KEYS:
+        if key in table:
+            value = table[key]
+            return value if isinstance(value, dict | list) else str(value)
+    return None
+
+
+def routing_fields(groups: list[Any], options: JiraOptions | None = None) -> dict[str, str]:
+    """Map each field the policy routes by to ``"name"`` or ``"id"``: which changelog value
+    (``toString`` or ``to``) :func:`routing_value` returns for it."""
+    options = options or JiraOptions()
+    found = {options.request_type_field: "name"}
+    for group in groups:
+        for table in _target_tables(group):
+            kind = next((key for key in _TARGET_KEYS if key in table), None)
+            if kind is None:
+                continue
+            field_id = table.get("field")
+            if kind in ("request_type", "request_type_id"):
+                field_id = field_id or options.request_type_field
+            if field_id:
+                by_id = kind in ("request_type_id", "option_id", "team")
+                found[field_id] = "id" if by_id else "name"
+    return found
+
+
 def project_of(issue_key: str) -> str | None:
     """Return the project key of an issue key such as ``ITSD-42``, or None for a numeric id."""
     project, sep, number = str(issue_key).rpartition("-")
@@ -231,7 +278,7 @@ def ticket_from_issue(raw: dict[str, Any], options: JiraOptions | None = None) -
         tags=list(fields.get("labels") or []),
         channel="jira",
         status=(fields.get("status") or {}).get("name"),
-        priority=_deskroute_priority((fields.get("priority") or {}).get("name"), options),
+        priority=deskroute_priority((fields.get("priority") or {}).get("name"), options),
         group=request_type_name,
         updated_stamp=fields.get("updated"),
         complete=bool(fields.get("summary")),
@@ -244,7 +291,8 @@ def ticket_from_issue(raw: dict[str, Any], options: JiraOptions | None = None) -
     )
 
 
-def _deskroute_priority(name: str | None, options: JiraOptions) -> str | None:
+def deskroute_priority(name: str | None, options: JiraOptions) -> str | None:
+    """Return deskroute's priority for a site's priority name; unmapped names are lowercased."""
     if not name:
         return None
     for ours, theirs in options.priorities.items():
@@ -307,6 +355,11 @@ class JiraConnector:
         )
         return ticket_from_issue(issue.raw, self.options)
 
+    def own_user_id(self) -> str | None:
+        """Return the account id deskroute's API user writes as, from ``GET /myself``."""
+        me, _ = self._call("read own user", self.client.myself, idempotent=True)
+        return me.get("accountId")
+
     # Writing
 
     def apply(self, writeback: WriteBack) -> WriteBackResult:
@@ -335,7 +388,9 @@ class JiraConnector:
                 idempotent=True,
             )
             attempts += used
-            sent.append({"method": "PUT", "path": f"/rest/api/2/issue/{key}", "body": edit})
+            # The jira package edits through the issue's "self" URL, which names the issue id.
+            path = urlparse(issue.self).path if getattr(issue, "self", None) else key
+            sent.append({"method": "PUT", "path": path, "body": edit})
 
         if writeback.note:
             # A timed-out POST may have created the comment, so a timeout is not retried.

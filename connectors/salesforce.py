@@ -354,9 +354,12 @@ class SalesforceConnector:
         self._sf = sf
         return sf
 
-    def query(self, soql: str) -> dict[str, Any]:
-        """Run one SOQL query (all pages) and return the result with ``totalSize``."""
+    def query(self, soql: str, *, all_pages: bool = True) -> dict[str, Any]:
+        """Run one SOQL query and return the result; ``all_pages`` follows
+        ``nextRecordsUrl`` and sets ``totalSize`` to the number of records read."""
         try:
+            if not all_pages:
+                return self.client().query(soql, timeout=self.timeout)
             return self.client().query_all(soql, timeout=self.timeout)
         except (SalesforceError, requests.RequestException) as exc:
             error = map_salesforce_error(exc)
@@ -453,11 +456,13 @@ class SalesforceConnector:
         values["entitlements"] = self._entitlements(match.account_id)
         values["service_contracts"] = self._service_contracts(match.account_id)
         values["renewal"] = self._renewal(match.account_id)
+        # A COUNT() query returns no records; its totalSize is the count.
         values["open_cases"] = self.query(
             format_soql(
                 "SELECT COUNT() FROM Case WHERE AccountId = {} AND IsClosed = false",
                 match.account_id,
-            )
+            ),
+            all_pages=False,
         )["totalSize"]
         return values
 

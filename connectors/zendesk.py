@@ -6,8 +6,8 @@ this module builds, so retries, rate limits and errors follow one policy:
 - zenpy's default session mounts a urllib3 ``Retry`` that repeats some requests on its own.
   The session built here has no such adapter, so each attempt is one HTTP request and the
   attempts are counted against ``max_attempts``.
-- zenpy answers a 429 by calling ``time.sleep`` in one-second steps for as long as
-  ``Retry-After`` says, without a bound. A response hook on the session raises on a 429
+- zenpy handles a 429 by calling ``time.sleep`` in one-second steps for as long as
+  ``Retry-After`` specifies, without a bound. A response hook on the session raises on a 429
   before zenpy sees it, so the wait goes through the injected ``sleep`` and is bounded by
   ``max_retry_after``.
 - zenpy's object cache would return a ticket read up to 30 seconds earlier, with a stale
@@ -20,6 +20,7 @@ What zenpy raises is mapped onto the errors of :mod:`connectors.base` by
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -36,6 +37,7 @@ from zenpy.lib.exception import (
     RecordNotFoundException,
     ZenpyException,
 )
+from zenpy.lib.util import dict_clean, json_encode_for_zendesk
 
 from connectors.base import (
     DEFAULT_TIMEOUT,
@@ -66,7 +68,7 @@ PRIORITIES = ("low", "normal", "high", "urgent")
 SIDELOADS = ("users", "organizations")
 MAX_BACKOFF_SECONDS = 30.0
 
-# Zendesk subdomains are DNS labels; checking them keeps the API host under zendesk.com.
+# Zendesk subdomains are DNS labels. Checking them keeps the API host under zendesk.com.
 _SUBDOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -112,7 +114,7 @@ def _describe_response(response: requests.Response) -> str:
     """Summarise an error response: status, method, path and Zendesk's error code."""
     method = response.request.method if response.request is not None else "?"
     path = requests.utils.urlparse(response.url or "").path
-    message = f"zendesk answered {response.status_code} for {method} {path}"
+    message = f"zendesk returned HTTP {response.status_code} for {method} {path}"
     try:
         body = response.json()
     except ValueError:
@@ -121,7 +123,7 @@ def _describe_response(response: requests.Response) -> str:
         return message
 
     # Zendesk error bodies carry "error" (a code, or a sentence for 401) and often a
-    # "description"; both are short and name no user data.
+    # "description". Both are short and name no user data.
     parts = [
         str(body[key])[:200] for key in ("error", "description") if isinstance(body.get(key), str)
     ]
@@ -140,6 +142,12 @@ def _build_session() -> requests.Session:
     session = requests.Session()
     session.hooks["response"].append(_reject_rate_limited)
     return session
+
+
+def _wire_body(zticket: ZenpyTicket) -> dict[str, Any]:
+    """Return the JSON body zenpy sends for an update, encoded the way zenpy 2.0.57 does."""
+    encoded = json.dumps(zticket, default=json_encode_for_zendesk)
+    return {"ticket": json.loads(encoded, object_pairs_hook=dict_clean)}
 
 
 def _ticket_number(ticket_id: str) -> int:
@@ -164,7 +172,7 @@ class ZendeskConnector:
 
     The pipeline calls :meth:`fetch_ticket` when a delivery carries a thin snapshot and
     :meth:`apply` to write a decision back. Reads and writes retry rate limits (waiting
-    ``Retry-After``), timeouts and 5xx answers (with exponential backoff) up to
+    ``Retry-After``), timeouts and 5xx responses (with exponential backoff) up to
     ``max_attempts`` requests each. One instance serves one thread at a time, because zenpy
     keeps per-request state on its API objects.
     """
@@ -312,9 +320,9 @@ class ZendeskConnector:
         """Write group, priority, tags and an internal note to a ticket in one safe update.
 
         The PUT carries ``safe_update`` with the ``updated_stamp`` that was read, so Zendesk
-        answers 409 when the ticket changed since. A 409 re-reads the ticket. When the note
-        is already on it, an earlier attempt landed (a timeout or 5xx can hide that) and the
-        write-back stops as done; otherwise the PUT is sent again with the new stamp. Tags
+        responds 409 when the ticket changed since. A 409 re-reads the ticket. When the note
+        is already on it, an earlier attempt landed (a timeout or 5xx can hide that), so the
+        write-back stops as done. Otherwise the PUT is sent again with the new stamp. Tags
         go in ``additional_tags``, with the own tag, so existing tags stay.
 
         Returns the result with one entry in ``requests`` per PUT attempt. Raises the
@@ -326,7 +334,7 @@ class ZendeskConnector:
             log.info("zendesk ticket %s: nothing to write back", number)
             return WriteBackResult(ok=True, skipped="nothing to write")
 
-        # safe_update needs the stamp of the ticket as read; a write-back without one reads it.
+        # safe_update needs the stamp of the ticket as read, so a write-back without one reads it.
         stamp = writeback.updated_stamp or self.fetch_ticket(str(number)).updated_stamp
         url = f"{self.base_url}/tickets/{number}.json"
         result = WriteBackResult(ok=False)
@@ -334,16 +342,14 @@ class ZendeskConnector:
         while True:
             result.attempts += 1
             zticket = self._update_ticket(number, fields, stamp)
-            result.requests.append(
-                {"method": "PUT", "url": url, "body": {"ticket": zticket.to_dict(serialize=True)}}
-            )
+            result.requests.append({"method": "PUT", "url": url, "body": _wire_body(zticket)})
             try:
                 self._client.tickets.update(zticket)
             except ZENPY_ERRORS as exc:
                 error = map_zenpy_error(exc)
                 if isinstance(error, ConnectorConflict):
-                    current = self.fetch_ticket(str(number))
-                    if writeback.note and self._note_on_ticket(number, writeback.note):
+                    landed, stamp = self._reread_after_conflict(number, writeback)
+                    if landed:
                         log.info(
                             "zendesk ticket %s: 409 on attempt %d, note already on the ticket",
                             number,
@@ -358,9 +364,8 @@ class ZendeskConnector:
                             number,
                             result.attempts,
                             self.max_attempts,
-                            current.updated_stamp,
+                            stamp,
                         )
-                        stamp = current.updated_stamp
                         continue
                     raise error from exc
 
@@ -401,7 +406,7 @@ class ZendeskConnector:
                 )
             fields["priority"] = writeback.priority
         for tag in writeback.add_tags:
-            # Zendesk splits a tag at spaces, which would add tags nobody asked for.
+            # Zendesk splits a tag at spaces, which would add tags that were not requested.
             if not tag or _WHITESPACE.search(tag):
                 raise ConnectorBadRequest(
                     f"invalid Zendesk tag {tag!r}: tags are non-empty and contain no spaces",
@@ -421,9 +426,9 @@ class ZendeskConnector:
     def _update_ticket(number: int, fields: dict[str, Any], stamp: str | None) -> ZenpyTicket:
         # zenpy sends the attributes set after construction, with the id, and passes names
         # it has no field for (additional_tags, safe_update, updated_stamp) through as given.
-        # NOTE: Zendesk documents additional_tags for Update Many Tickets and the Tags API;
-        # the Update Ticket reference lists only tags, which replace. A single-ticket PUT
-        # that ignored additional_tags would leave the tags unchanged, never replace them.
+        # NOTE: Zendesk documents additional_tags for Update Many Tickets, and the Tags API
+        # for adding tags. Its Update Ticket reference lists only tags, which replace. A
+        # single-ticket PUT that ignored additional_tags would leave the tags unchanged.
         zticket = ZenpyTicket(id=number)
         for key, value in fields.items():
             if key == "comment":
@@ -434,6 +439,18 @@ class ZendeskConnector:
             zticket.updated_stamp = stamp
         return zticket
 
+    def _reread_after_conflict(self, number: int, writeback: WriteBack) -> tuple[bool, str | None]:
+        """Re-read the ticket after a 409 and return whether the note landed, and the new stamp.
+
+        Without a note the check is skipped: if an earlier attempt landed, sending the same
+        group, priority and additional tags again changes nothing.
+        """
+        # NOTE: when the 409 came from an agent's edit, the retry writes this decision's
+        # group and priority over that edit. WriteBack carries no values as read to compare.
+        current = self.fetch_ticket(str(number))
+        landed = bool(writeback.note) and self._note_on_ticket(number, writeback.note)
+        return landed, current.updated_stamp
+
     def _note_on_ticket(self, number: int, note: str) -> bool:
         """Return whether the API user already posted this note as a private comment.
 
@@ -441,7 +458,7 @@ class ZendeskConnector:
         ticket after the first write-back and cannot tell this note from an earlier one.
         """
         own_id = self.own_user_id()
-        wanted = _normalise_text(note)
+        expected = _normalise_text(note)
         comments = self._call(
             "read comments", number, lambda: list(self._client.tickets.comments(ticket=number))
         )
@@ -449,7 +466,7 @@ class ZendeskConnector:
             if str(comment.author_id) != own_id or getattr(comment, "public", True):
                 continue
             bodies = (getattr(comment, "body", None), getattr(comment, "plain_body", None))
-            if any(_normalise_text(body) == wanted for body in bodies):
+            if any(_normalise_text(body) == expected for body in bodies):
                 return True
         return False
 

@@ -319,8 +319,7 @@ def _print_report(report: dict) -> None:
     click.echo(f"{'queue':<28} {'precision':>9} {'recall':>7} {'support':>8}")
     for label, entry in report["per_class"].items():
         click.echo(
-            f"{label:<28} {entry['precision']:>9.4f} {entry['recall']:>7.4f} "
-            f"{entry['support']:>8}"
+            f"{label:<28} {entry['precision']:>9.4f} {entry['recall']:>7.4f} {entry['support']:>8}"
         )
     if report["unknown_labels"]:
         click.echo(f"labels the model does not know: {', '.join(report['unknown_labels'])}")

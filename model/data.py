@@ -104,8 +104,7 @@ def load_dataset(
     missing = [name for name in [*text_columns, label_column] if name not in columns]
     if missing:
         raise DataError(
-            f"{path}: column(s) {', '.join(missing)} not found; "
-            f"the file has: {', '.join(columns)}"
+            f"{path}: column(s) {', '.join(missing)} not found; the file has: {', '.join(columns)}"
         )
     if not records:
         raise DataError(f"{path}: no data rows")

@@ -95,7 +95,7 @@ def choose_thresholds(
             if valid.any():
                 k = int(np.flatnonzero(valid).max())
                 entry.update(
-                    threshold=round(float(scores[k]), 6),
+                    threshold=float(scores[k]),
                     precision=round(float(precision_at_k[k]), 4),
                     coverage=round((k + 1) / count, 4),
                     routed=k + 1,

@@ -47,9 +47,7 @@ class Prediction:
     @property
     def meets_threshold(self) -> bool:
         """Whether the queue may be routed automatically: calibrated, confident, no guard."""
-        return (
-            self.threshold is not None and self.confidence >= self.threshold and not self.guards
-        )
+        return self.threshold is not None and self.confidence >= self.threshold and not self.guards
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -151,7 +149,9 @@ class Classifier:
             alternatives=[
                 (self.labels[int(i)], round(float(row[i]), 6)) for i in order[1 : 1 + ALTERNATIVES]
             ],
-            probabilities={label: round(float(p), 6) for label, p in zip(self.labels, row)},
+            probabilities={
+                label: round(float(p), 6) for label, p in zip(self.labels, row, strict=True)
+            },
             terms=[],
             guards=text_guards(normalized),
             priority_signal=None,

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from model import evaluation
-from model.data import Dataset, DataError
+from model.data import DataError, Dataset
 from model.onnx_graph import (
-    MODEL_FILE,
     METRICS_FILE,
+    MODEL_FILE,
     model_version,
     run_batched,
     session_for,
@@ -74,7 +74,9 @@ def split_indices(
             rest, test_size=test_share / holdout, stratify=y[rest], random_state=SEED
         )
     except ValueError as error:
-        raise DataError(f"cannot split the data into train, validation and test: {error}") from error
+        raise DataError(
+            f"cannot split the data into train, validation and test: {error}"
+        ) from error
     return np.sort(train), np.sort(validation), np.sort(test)
 
 
@@ -154,6 +156,9 @@ def export_onnx(pipeline) -> bytes:
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
     _set_pad_value(onnx_model)
+    # skl2onnx names the graph with a random UUID; a fixed name keeps the bytes, and so the
+    # model version, the same for the same data and settings.
+    onnx_model.graph.name = "deskroute_classifier"
     return onnx_model.SerializeToString()
 
 
@@ -280,8 +285,8 @@ def _feature_counts(pipeline) -> dict[str, int]:
 def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
-    import sklearn
     import skl2onnx
+    import sklearn
 
     return {
         "python": platform.python_version(),

@@ -115,7 +115,6 @@ class AccountContext:
     renewal: Renewal | None = None
     days_to_renewal: int | None = None
     open_cases: int | None = None
-    open_case_numbers: list[str] = field(default_factory=list)
     erp_customer_id: str | None = None
     overdue_invoices: int | None = None
     overdue_amount: float | None = None
@@ -474,9 +473,8 @@ class Enricher:
         The policy tables ``[salesforce]``, ``[netsuite]``, ``[businesscentral]`` and
         ``[enrichment]`` hold options that are not secrets (field names, breaker limits).
         """
-        from connectors.salesforce import SalesforceConnector
-
         from connectors.erp import build_erp
+        from connectors.salesforce import SalesforceConnector
 
         options = policy_options or {}
         timeout = settings.enrichment_timeout_seconds

@@ -22,7 +22,7 @@ from typing import Any
 import jwt
 import requests
 from flask import Blueprint, current_app, g, jsonify, request
-from marshmallow import Schema, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, fields, validate, validates_schema
 from marshmallow import ValidationError as SchemaError
 
 from plugin import intake
@@ -232,6 +232,10 @@ def panel():
 
 
 class PanelAction(Schema):
+    class Meta:
+        # Other keys, such as an issue key, are dropped: the issue comes from the token.
+        unknown = EXCLUDE
+
     action = fields.String(required=True, validate=validate.OneOf(["accept", "override"]))
     # For an override: the queue and/or priority the analyst chose instead.
     queue = fields.String(allow_none=True, validate=validate.Length(min=1, max=200))

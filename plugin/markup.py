@@ -27,8 +27,10 @@ _CITATION = re.compile(r"\?\?(.+?)\?\?")
 # Inline emphasis: *strong*, _emphasis_, -deleted-, +inserted+, ^superscript^, ~subscript~.
 # The marker must sit at a word boundary so "2*3*4" and "file_name_here" stay as they are.
 _EMPHASIS = re.compile(r"(?<![\w*_\-+^~])([*_\-+^~])(?=\S)(.+?)(?<=\S)\1(?![\w*_\-+^~])")
-_ESCAPE = re.compile(r"\\([\\*_\-+^~{}\[\]|!?#])")
+_ESCAPE = re.compile(r"\\([*_\-+^~{}\[\]|!?#])")
 _LINE_BREAK = re.compile(r"\\\\")
+_PARKED = 0xF0000
+_PARKED_CHAR = re.compile("[\U000f0000-\U000f007f]")
 _SPACES = re.compile(r"[ \t]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -38,6 +40,9 @@ def wiki_to_text(markup: str | None) -> str:
     if not markup:
         return ""
     text = markup.replace("\r\n", "\n").replace("\r", "\n")
+    # Escaped markup characters are parked in the private use area, so that no rule below
+    # reads them as markup, and restored at the end.
+    text = _ESCAPE.sub(lambda match: chr(_PARKED + ord(match.group(1))), text)
     text = _BLOCK_MACRO.sub("\n", text)
     text = _LINE_BREAK.sub("\n", text)
     text = _RULE.sub("", text)
@@ -55,7 +60,7 @@ def wiki_to_text(markup: str | None) -> str:
     # Nested emphasis (*_both_*) needs a second pass once the outer markers are gone.
     for _ in range(2):
         text = _EMPHASIS.sub(r"\2", text)
-    text = _ESCAPE.sub(r"\1", text)
+    text = _PARKED_CHAR.sub(lambda match: chr(ord(match.group(0)) - _PARKED), text)
     return _tidy(text)
 
 
@@ -112,11 +117,14 @@ def _walk_adf(node: Any, parts: list[str]) -> None:
         parts.append(str(attrs.get("timestamp") or ""))
         return
     if kind == "tableCell" or kind == "tableHeader":
-        _walk_adf(node.get("content"), parts)
-        parts.append(" ")
+        # A cell's paragraphs stay on the row's line, so a table row reads as one line.
+        cell: list[str] = []
+        _walk_adf(node.get("content"), cell)
+        parts.append(" ".join("".join(cell).split()) + " ")
         return
     _walk_adf(node.get("content"), parts)
-    if kind in _ADF_BLOCKS:
+    # A list item's paragraph has already ended the line.
+    if kind in _ADF_BLOCKS and not (parts and parts[-1].endswith("\n")):
         parts.append("\n")
 
 

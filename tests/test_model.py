@@ -313,14 +313,14 @@ def test_empty_texts_are_dropped_and_counted(tmp_path):
 def test_jsonl_with_two_text_columns(tmp_path):
     path = tmp_path / "t.jsonl"
     with path.open("w") as handle:
-        for row in sample_rows()[:50]:
+        for row in sample_rows()[:200]:
             words = row["text"].split()
             record = {"subject": " ".join(words[:3]), "body": " ".join(words[3:])}
             handle.write(json.dumps({**record, "group": row["queue"]}) + "\n")
 
     dataset = load_dataset(path, ["subject", "body"], "group")
 
-    assert len(dataset) == 50
+    assert len(dataset) == 200
     assert dataset.source["text_columns"] == ["subject", "body"]
 
 
@@ -406,7 +406,7 @@ def test_shipped_model_matches_metrics():
     assert {p.model_version for p in predictions} == {metrics["model_version"]}
     # The sample overlaps the shipped model's training rows, so this is a floor for a
     # working model, not a quality figure.
-    accuracy = np.mean([p.queue == row["queue"] for p, row in zip(predictions, rows)])
+    accuracy = np.mean([p.queue == row["queue"] for p, row in zip(predictions, rows, strict=True)])
     assert accuracy >= metrics["test"]["accuracy"] - 0.05
     for queue, entry in metrics["thresholds"].items():
         assert classifier.thresholds[queue] == entry["threshold"]

@@ -27,7 +27,9 @@ def build_erp(settings, policy_options: dict, *, timeout: float) -> ErpConnector
     if not settings.erp:
         return None
     if settings.erp not in ERP_MODULES:
-        raise ValueError(f"erp: unknown ERP {settings.erp!r}, expected one of {sorted(ERP_MODULES)}")
+        raise ValueError(
+            f"erp: unknown ERP {settings.erp!r}, expected one of {sorted(ERP_MODULES)}"
+        )
     module_name, class_name = ERP_MODULES[settings.erp]
     connector_class = getattr(importlib.import_module(module_name), class_name)
     return connector_class.from_settings(

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -298,6 +299,15 @@ def _receive_event(payload: dict[str, Any], invocation_id: str | None):
 
 def _change(field: str, event: Any) -> dict[str, Any]:
     event = event if isinstance(event, dict) else {}
+    if field == "tags":
+        # Tag events list what was added and removed instead of a previous and current value.
+        return {
+            "field": "tags",
+            "previous": None,
+            "current": None,
+            "added": list(event.get("tags_added") or []),
+            "removed": list(event.get("tags_removed") or []),
+        }
     return {
         "field": field,
         "previous": _change_value(event.get("previous")),
@@ -344,7 +354,7 @@ def _receive_trigger(payload: dict[str, Any], invocation_id: str | None, body: b
         helpdesk=HELPDESK,
         id=ticket_data["id"],
         subject=ticket_data.get("subject") or ticket_data.get("title") or "",
-        description=ticket_data.get("description") or "",
+        description=_strip_comment_header(ticket_data.get("description") or ""),
         requester=Party(
             id=ticket_data.get("requester_id"),
             name=ticket_data.get("requester_name"),
@@ -359,8 +369,9 @@ def _receive_trigger(payload: dict[str, Any], invocation_id: str | None, body: b
         tags=ticket_data.get("tags") or [],
         channel=ticket_data.get("channel") or ticket_data.get("via"),
         language=ticket_data.get("locale"),
-        status=ticket_data.get("status"),
-        priority=ticket_data.get("priority"),
+        # Placeholders render display names ("Normal", "New"); the API uses lower case.
+        status=(ticket_data.get("status") or "").lower() or None,
+        priority=(ticket_data.get("priority") or "").lower() or None,
         group=ticket_data.get("group_id"),
         updated_stamp=ticket_data.get("updated_at"),
     )
@@ -376,6 +387,14 @@ def _receive_trigger(payload: dict[str, Any], invocation_id: str | None, body: b
         ticket=ticket,
     )
     return _accept_unless_own(event)
+
+
+_COMMENT_HEADER = re.compile(r"\A\s*-{10,}\s*\n(?:\s*\n)*[^\n]*,[^\n]*\n")
+
+
+def _strip_comment_header(text: str) -> str:
+    """Drop the dashes line and the "author, date" line ``{{ticket.description}}`` starts with."""
+    return _COMMENT_HEADER.sub("", text, count=1).strip()
 
 
 def _accept_unless_own(event: TicketEvent):

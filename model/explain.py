@@ -1,0 +1,124 @@
+"""Explanation terms and the text profile guards, read from ``terms.json`` beside the model.
+
+Training writes ``terms.json``: the model's word vocabulary, and per queue the word n-grams
+that push a ticket towards that queue, each with the weight ``idf * (w_queue - mean_w)``
+taken from the logistic regression. At serving time the words of a ticket are looked up in
+those tables, so explaining a prediction costs one tokenisation and a few dict lookups, and
+no second model call. Character n-grams are left out of the explanation because fragments
+such as ``"ssw"`` mean nothing to an agent, although they take part in the prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model import signals
+
+TERMS_FILE = "terms.json"
+MAX_TERMS = 5
+# Fewer words than this leave too little for the model to go on.
+MIN_WORDS = 3
+
+
+@dataclass
+class TextProfile:
+    """What the training texts looked like, for the guards that flag unfamiliar tickets."""
+
+    word_pattern: str
+    vocabulary: frozenset[str]
+    # Tickets whose share of known words is below this are flagged as unlike the training data.
+    min_known_share: float | None = None
+    languages: list[str] = field(default_factory=list)
+    scripts: list[str] = field(default_factory=lambda: ["LATIN"])
+
+
+class Explainer:
+    """Explanation terms and text guards of one model; immutable and thread-safe after load."""
+
+    def __init__(self, profile: TextProfile, weights: dict[str, dict[str, float]]):
+        self.profile = profile
+        self._weights = weights
+        self._token = re.compile(profile.word_pattern)
+
+    @classmethod
+    def load(cls, folder: Path, model_version: str) -> Explainer | None:
+        """Read ``terms.json`` from a model folder; None when the folder has none.
+
+        Raises ValueError when the file belongs to another model version.
+        """
+        path = folder / TERMS_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("model_version") != model_version:
+            raise ValueError(
+                f"{path} belongs to model version {data.get('model_version')}, "
+                f"not {model_version}; retrain or copy the matching files"
+            )
+        profile = TextProfile(
+            word_pattern=data["word_pattern"],
+            vocabulary=frozenset(data["vocabulary"]),
+            min_known_share=data.get("min_known_share"),
+            languages=list(data.get("languages") or []),
+            scripts=list(data.get("scripts") or ["LATIN"]),
+        )
+        return cls(profile, data["weights"])
+
+    def words(self, normalized: str) -> list[str]:
+        return self._token.findall(normalized)
+
+    def terms(self, words: list[str], queue: str, limit: int = MAX_TERMS) -> list[str]:
+        """Return up to ``limit`` word n-grams of the ticket that push it most towards ``queue``."""
+        weights = self._weights.get(queue)
+        if not weights or not words:
+            return []
+        scores: dict[str, float] = {}
+        candidates = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+        for term in candidates:
+            weight = weights.get(term)
+            if weight is not None:
+                scores[term] = scores.get(term, 0.0) + weight
+        ranked = sorted(scores.items(), key=lambda item: -item[1])
+        return [term for term, _ in ranked[:limit]]
+
+    def known_share(self, words: list[str]) -> float:
+        if not words:
+            return 0.0
+        vocabulary = self.profile.vocabulary
+        return sum(word in vocabulary for word in words) / len(words)
+
+    def guards(self, normalized: str, words: list[str]) -> list[str]:
+        """Return the reasons why this text is unlike the texts the model was trained on."""
+        reasons = []
+        script = signals.dominant_script(normalized)
+        if script not in self.profile.scripts:
+            reasons.append(f"text is in {script.title()} script, which the model was not trained on")
+        language = signals.detect_language(normalized)
+        if language and self.profile.languages and language not in self.profile.languages:
+            trained = ", ".join(signals.LANGUAGE_NAMES.get(x, x) for x in self.profile.languages)
+            reasons.append(
+                f"text looks {signals.LANGUAGE_NAMES.get(language, language)}, "
+                f"the model was trained on {trained}"
+            )
+        floor = self.profile.min_known_share
+        if floor is not None and len(words) >= MIN_WORDS:
+            share = self.known_share(words)
+            if share < floor:
+                reasons.append(
+                    f"text is unlike the training data ({share:.0%} of its words are known "
+                    f"to the model, at least {floor:.0%} expected)"
+                )
+        return reasons
+
+
+def basic_guards(normalized: str) -> list[str]:
+    """Return the guards that need no model: empty and too short texts."""
+    if not normalized:
+        return ["text is empty"]
+    words = [word for word in normalized.split() if any(ch.isalpha() for ch in word)]
+    if len(words) < MIN_WORDS:
+        return [f"text is too short ({len(words)} words, at least {MIN_WORDS} needed)"]
+    return []
