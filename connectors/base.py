@@ -120,7 +120,9 @@ def map_requests_error(source: str, exc: requests.RequestException) -> Connector
             f"{_path(response.url)}",
             response.headers,
         )
-    return ConnectorUnavailable(f"{source} could not be reached: {type(exc).__name__}", source=source)
+    return ConnectorUnavailable(
+        f"{source} could not be reached: {type(exc).__name__}", source=source
+    )
 
 
 def _path(url: str | None) -> str:
@@ -171,6 +173,10 @@ class WriteBack:
     note: str | None = None
     # The help desk's own version marker of the ticket as read (Zendesk ``updated_stamp``).
     updated_stamp: str | None = None
+    # Group and priority as read. After a conflict the connector re-reads the ticket and
+    # leaves out a field whose value changed since, because a person changed it meanwhile.
+    read_group: str | None = None
+    read_priority: str | None = None
 
 
 @dataclass

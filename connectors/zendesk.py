@@ -348,7 +348,8 @@ class ZendeskConnector:
             except ZENPY_ERRORS as exc:
                 error = map_zenpy_error(exc)
                 if isinstance(error, ConnectorConflict):
-                    landed, stamp = self._reread_after_conflict(number, writeback)
+                    landed, stamp, current = self._reread_after_conflict(number, writeback)
+                    self._drop_changed_fields(number, fields, writeback, current)
                     if landed:
                         log.info(
                             "zendesk ticket %s: 409 on attempt %d, note already on the ticket",
@@ -390,7 +391,9 @@ class ZendeskConnector:
         """Check the write-back and return the ticket fields it sets, without stamp."""
         fields: dict[str, Any] = {}
         if writeback.group is not None:
-            group = str(writeback.group).strip()
+            # The policy's [queues.<name>.zendesk] table arrives as it is: {"group_id": N}.
+            target = writeback.group
+            group = str(target.get("group_id") if isinstance(target, dict) else target).strip()
             if not group.isdigit():
                 raise ConnectorBadRequest(
                     f"invalid Zendesk group id {writeback.group!r}: expected a positive integer",
@@ -439,17 +442,37 @@ class ZendeskConnector:
             zticket.updated_stamp = stamp
         return zticket
 
-    def _reread_after_conflict(self, number: int, writeback: WriteBack) -> tuple[bool, str | None]:
-        """Re-read the ticket after a 409 and return whether the note landed, and the new stamp.
+    def _reread_after_conflict(
+        self, number: int, writeback: WriteBack
+    ) -> tuple[bool, str | None, Ticket]:
+        """Re-read the ticket after a 409; return whether the note landed, the new stamp and
+        the ticket as it is now.
 
         Without a note the check is skipped: if an earlier attempt landed, sending the same
         group, priority and additional tags again changes nothing.
         """
-        # NOTE: when the 409 came from an agent's edit, the retry writes this decision's
-        # group and priority over that edit. WriteBack carries no values as read to compare.
         current = self.fetch_ticket(str(number))
         landed = bool(writeback.note) and self._note_on_ticket(number, writeback.note)
-        return landed, current.updated_stamp
+        return landed, current.updated_stamp, current
+
+    @staticmethod
+    def _drop_changed_fields(
+        number: int, fields: dict[str, Any], writeback: WriteBack, current: Ticket
+    ) -> None:
+        """Leave out group and priority when someone changed them since the first read.
+
+        A conflict caused by an agent who routed the ticket meanwhile must not be
+        overwritten by the retry; the note and tags still go out.
+        """
+        changed = {
+            "group_id": writeback.read_group is not None and current.group != writeback.read_group,
+            "priority": writeback.read_priority is not None
+            and current.priority != writeback.read_priority,
+        }
+        for key, was_changed in changed.items():
+            if was_changed and key in fields:
+                del fields[key]
+                log.info("zendesk ticket %s: %s changed since read, not overwritten", number, key)
 
     def _note_on_ticket(self, number: int, note: str) -> bool:
         """Return whether the API user already posted this note as a private comment.

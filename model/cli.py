@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = "model/default"
 # Steps that train_model reports through its progress callback.
-TRAIN_STEPS = 5
+TRAIN_STEPS = 6
 
 
 @click.command("train")

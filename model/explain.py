@@ -84,6 +84,14 @@ class Explainer:
         ranked = sorted(scores.items(), key=lambda item: -item[1])
         return [term for term, _ in ranked[:limit]]
 
+    def content_words(self, words: list[str]) -> list[str]:
+        """Return ``words`` without stop words.
+
+        Some training sets come with stop words removed, so the stop words of a live ticket
+        would count as unknown and flag ordinary tickets as unfamiliar.
+        """
+        return [word for word in words if not signals.is_stop_word(word)]
+
     def known_share(self, words: list[str]) -> float:
         if not words:
             return 0.0
@@ -104,8 +112,9 @@ class Explainer:
                 f"the model was trained on {trained}"
             )
         floor = self.profile.min_known_share
-        if floor is not None and len(words) >= MIN_WORDS:
-            share = self.known_share(words)
+        content = self.content_words(words)
+        if floor is not None and len(content) >= MIN_WORDS:
+            share = self.known_share(content)
             if share < floor:
                 reasons.append(
                     f"text is unlike the training data ({share:.0%} of its words are known "

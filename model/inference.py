@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model import signals
+from model.explain import Explainer, basic_guards
 from model.normalize import normalize_text
 from model.onnx_graph import METRICS_FILE, MODEL_FILE, run_batched, session_for
 
@@ -22,8 +24,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
 ALTERNATIVES = 3
-# Fewer words than this leave too little for the model to go on.
-MIN_WORDS = 3
 
 
 class ModelError(RuntimeError):
@@ -63,8 +63,9 @@ class Classifier:
     session and nothing here changes after loading, so :meth:`predict` is thread-safe.
     """
 
-    def __init__(self, session, metrics: dict, path: Path):
+    def __init__(self, session, metrics: dict, path: Path, explainer: Explainer | None = None):
         self.path = path
+        self.explainer = explainer
         self.metrics = metrics
         self.labels: list[str] = list(metrics["labels"])
         self.version: str = metrics["model_version"]
@@ -112,7 +113,14 @@ class Classifier:
         except Exception as error:  # onnxruntime raises its own exception types
             raise ModelError(f"{model_file}: onnxruntime cannot load it: {error}") from error
 
-        classifier = cls(session, metrics, folder)
+        try:
+            explainer = Explainer.load(folder, metrics["model_version"])
+        except (ValueError, KeyError) as error:
+            raise ModelError(f"{folder}: invalid explanation terms: {error}") from error
+        if explainer is None:
+            logger.warning("model %s has no terms.json: no explanation terms", folder)
+
+        classifier = cls(session, metrics, folder, explainer)
         width = run_batched(session, ["warm up"]).shape[1]
         if width != len(classifier.labels):
             raise ModelError(
@@ -142,6 +150,16 @@ class Classifier:
         order = np.argsort(-row, kind="stable")
         top = int(order[0])
         queue = self.labels[top]
+
+        guards = basic_guards(normalized)
+        terms: list[str] = []
+        if self.explainer is not None and normalized:
+            words = self.explainer.words(normalized)
+            terms = self.explainer.terms(words, queue)
+            if not guards:
+                guards = self.explainer.guards(normalized, words)
+        priority, _ = signals.priority_signal(normalized)
+
         return Prediction(
             queue=queue,
             confidence=float(row[top]),
@@ -152,18 +170,8 @@ class Classifier:
             probabilities={
                 label: round(float(p), 6) for label, p in zip(self.labels, row, strict=True)
             },
-            terms=[],
-            guards=text_guards(normalized),
-            priority_signal=None,
+            terms=terms,
+            guards=guards,
+            priority_signal=priority,
             model_version=self.version,
         )
-
-
-def text_guards(normalized: str) -> list[str]:
-    """Return the reasons why a normalised text must not be routed automatically."""
-    if not normalized:
-        return ["text is empty"]
-    words = [word for word in normalized.split() if any(ch.isalpha() for ch in word)]
-    if len(words) < MIN_WORDS:
-        return [f"text is too short ({len(words)} words, at least {MIN_WORDS} needed)"]
-    return []

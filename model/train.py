@@ -16,7 +16,7 @@ import json
 import logging
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from model import evaluation
 from model.data import DataError, Dataset
+from model.explain import TERMS_FILE
 from model.onnx_graph import (
     METRICS_FILE,
     MODEL_FILE,
@@ -31,6 +32,7 @@ from model.onnx_graph import (
     run_batched,
     session_for,
 )
+from model.train_explain import build_terms
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class TrainConfig:
     min_df: int = 2
     regularization_c: float = 10.0
     max_iter: int = 300
+    # Languages recorded when the training texts have too few stop words to detect any.
+    languages: list[str] = field(default_factory=lambda: ["en"])
     validation_share: float = 0.15
     test_share: float = 0.15
 
@@ -266,6 +270,20 @@ def train_model(
         },
         "model_file_bytes": len(onnx_bytes),
         "software": _versions(),
+    }
+    step("writing explanation terms")
+    terms = build_terms(
+        pipeline,
+        labels,
+        WORD_PATTERN,
+        list(texts[train]),
+        list(texts[validation]),
+        list(config.languages),
+    )
+    terms = {"model_version": metrics["model_version"], **terms}
+    (out / TERMS_FILE).write_text(json.dumps(terms, ensure_ascii=False) + "\n")
+    metrics["text_profile"] = {
+        key: terms[key] for key in ("languages", "language_source", "scripts", "min_known_share")
     }
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     logger.info(

@@ -291,6 +291,8 @@ class Policy:
             add_tags=list(decision.tags),
             note=note,
             updated_stamp=ticket.updated_stamp,
+            read_group=ticket.group,
+            read_priority=ticket.priority,
         )
         if mode == "suggest":
             held.append(_reason("mode", "suggest mode: note and tags only"))

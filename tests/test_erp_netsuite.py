@@ -121,7 +121,9 @@ def test_token_request_carries_signed_assertion(connector, key_pair):
         )
         customer = connector.find_customer(AccountHints(erp_customer_id="CUST-1001"))
         api_call = rsps.calls[1].request
-        assert api_call.headers["Authorization"] == f"Bearer {fixture('token.json')['access_token']}"
+        assert (
+            api_call.headers["Authorization"] == f"Bearer {fixture('token.json')['access_token']}"
+        )
 
     assert customer == "4711"
     form = parse_qs(token.calls[0].request.body)
@@ -152,9 +154,7 @@ def test_token_is_reused_between_queries(connector):
 def test_rejected_token_is_renewed_once(connector):
     with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
         token = add_token(rsps)
-        rsps.add(
-            responses.POST, SUITEQL_URL, json=fixture("error__invalid_login.json"), status=401
-        )
+        rsps.add(responses.POST, SUITEQL_URL, json=fixture("error__invalid_login.json"), status=401)
         suiteql(rsps, fixture("suiteql__empty.json"))
         assert connector.suiteql("SELECT id FROM customer WHERE id = 1") == []
         assert len(token.calls) == 2
@@ -193,7 +193,10 @@ def test_find_customer_skips_free_mail_domain(connector):
     with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
         add_token(rsps)
         suiteql(rsps, fixture("suiteql__empty.json"), contains="LOWER(email) = 'jane@gmail.com'")
-        assert connector.find_customer(AccountHints(email="jane@gmail.com", domain="gmail.com")) is None
+        assert (
+            connector.find_customer(AccountHints(email="jane@gmail.com", domain="gmail.com"))
+            is None
+        )
         assert len(rsps.calls) == 2
 
 
@@ -300,9 +303,7 @@ def test_suiteql_errors_are_typed(connector, status, body, error):
 def test_suiteql_timeout_is_connector_timeout(connector):
     with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
         add_token(rsps)
-        rsps.add(
-            responses.POST, SUITEQL_URL, body=requests.exceptions.ConnectTimeout("timed out")
-        )
+        rsps.add(responses.POST, SUITEQL_URL, body=requests.exceptions.ConnectTimeout("timed out"))
         with pytest.raises(ConnectorTimeout):
             connector.suiteql("SELECT id FROM customer WHERE id = 1")
 

@@ -22,7 +22,8 @@ def created_event(ticket_id="5158", subject=None, description=None):
 
 def decisions(client, ticket_id, helpdesk="zendesk"):
     response = client.get(
-        "/api/decisions", query_string={"helpdesk": helpdesk, "ticket_id": ticket_id},
+        "/api/decisions",
+        query_string={"helpdesk": helpdesk, "ticket_id": ticket_id},
         headers=bearer(),
     )
     assert response.status_code == 200, response.get_json()
@@ -78,8 +79,10 @@ def test_second_created_delivery_for_same_ticket_is_ignored(app, client):
     app.extensions["deskroute"].worker.drain()
 
     assert len(decisions(client, "78")) == 1
-    statuses = {row["delivery_id"]: row["status"] for row in
-                app.extensions["deskroute"].store.list_deliveries()}
+    statuses = {
+        row["delivery_id"]: row["status"]
+        for row in app.extensions["deskroute"].store.list_deliveries()
+    }
     assert statuses["second"] == IGNORED
 
 
@@ -90,8 +93,9 @@ def test_delivery_survives_restart_before_processing(tmp_path, classifier):
     # The process stops before its worker ran.
     first.extensions["deskroute"].store.dispose()
 
-    second = create_app(make_settings(tmp_path, run_worker=True, worker_poll_seconds=0.05),
-                        classifier=classifier)
+    second = create_app(
+        make_settings(tmp_path, run_worker=True, worker_poll_seconds=0.05), classifier=classifier
+    )
     try:
         deadline = time.monotonic() + 10
         found = []

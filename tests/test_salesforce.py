@@ -245,9 +245,7 @@ def test_expired_session_relogin_retries_once():
     connector = SalesforceConnector.from_settings(settings, {}, timeout=2.0)
     with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
         rsps.add(responses.POST, SOAP_URL, body=fixture("soap_login.xml"), content_type="text/xml")
-        rsps.add(
-            responses.GET, QUERY_URL, json=fixture("error__invalid_session.json"), status=401
-        )
+        rsps.add(responses.GET, QUERY_URL, json=fixture("error__invalid_session.json"), status=401)
         rsps.add(responses.GET, QUERY_URL, json=fixture("query__empty.json"))
         assert connector.records("SELECT Id FROM Account LIMIT 1") == []
         soap_calls = [call for call in rsps.calls if call.request.url == SOAP_URL]
