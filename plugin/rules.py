@@ -73,6 +73,7 @@ def _prediction_type() -> Any:
             "threshold": nullable(DataType.FLOAT),
             "priority_signal": nullable(DataType.STRING),
             "model_version": nullable(DataType.STRING),
+            "probabilities": DataType.MAPPING(DataType.STRING, DataType.FLOAT),
             "terms": DataType.ARRAY(DataType.STRING),
             "guards": DataType.ARRAY(DataType.STRING),
         },

@@ -230,7 +230,7 @@ def test_salesforce_failure_degrades_and_erp_still_answers(status, body, expecte
     assert len(context.failures) == 1
     assert context.failures[0]["source"] == "salesforce"
     assert context.failures[0]["error"].startswith(expected)
-    assert "Session" not in context.failures[0]["error"]
+    assert "00D5g000004Example" not in context.failures[0]["error"]
     assert context.tier is None
     assert context.account_id is None
     assert context.overdue_invoices == 2

@@ -11,11 +11,12 @@ import textwrap
 
 import pytest
 import responses
-from conftest import bearer, load_fixture, make_settings
 from responses import matchers
 
 from plugin import create_app
 from plugin.webhooks.jira import sign
+
+from conftest import bearer, load_fixture, make_settings
 
 SITE = "https://example.atlassian.net"
 ISSUE_URL = f"{SITE}/rest/api/2/issue/ITSD-42"

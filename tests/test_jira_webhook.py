@@ -8,10 +8,11 @@ import json
 import uuid
 
 import pytest
-from conftest import load_fixture, make_settings
 
 from plugin import create_app
 from plugin.webhooks.jira import sign
+
+from conftest import load_fixture, make_settings
 
 JIRA_SECRET = "jira-webhook-test-secret"
 AUTOMATION_SECRET = "jira-automation-test-secret"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from conftest import bearer, load_fixture, make_settings, post_zendesk
 from plugin import create_app
 from plugin.store import FAILED, IGNORED
+
+from conftest import bearer, load_fixture, make_settings, post_zendesk
 
 
 def created_event(ticket_id="5158", subject=None, description=None):

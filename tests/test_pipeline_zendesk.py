@@ -14,10 +14,11 @@ import responses
 from responses import matchers
 from responses.registries import OrderedRegistry
 
-from conftest import FIXTURES, bearer, load_fixture, make_settings, post_zendesk
 from connectors.zendesk import ZendeskConnector
 from plugin import create_app
 from plugin.store import DONE, FAILED, PENDING
+
+from conftest import FIXTURES, bearer, load_fixture, make_settings, post_zendesk
 
 SUBDOMAIN = "example"
 TOKEN = "zendesk-api-token-value"

@@ -12,7 +12,6 @@ import requests
 import responses
 import zenpy.lib.api
 import zenpy.lib.exception
-from conftest import load_fixture
 from responses import matchers
 from responses.registries import OrderedRegistry
 
@@ -30,6 +29,8 @@ from connectors.base import (
 from connectors.zendesk import ZENPY_ERRORS, ZendeskConnector, map_zenpy_error
 from plugin.config import Secret
 from plugin.tickets import Party, Ticket
+
+from conftest import load_fixture
 
 EMAIL = "deskroute-bot@example.com"
 TOKEN = "zd-test-token-8f3a2c61d94e"

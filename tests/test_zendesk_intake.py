@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
+from plugin.store import PENDING
+
 from conftest import WEBHOOK_SECRET, load_fixture, now_stamp, post_zendesk, zendesk_headers
-from plugin.store import IGNORED, PENDING
 
 
 def created_event():
@@ -259,8 +260,9 @@ def test_trigger_without_invocation_header_deduplicates_by_body(app, client):
 
 
 def test_body_over_limit_is_413(tmp_path, classifier):
-    from conftest import make_settings
     from plugin import create_app
+
+    from conftest import make_settings
 
     app = create_app(make_settings(tmp_path, max_body_bytes=2048), classifier=classifier)
     payload = created_event()
@@ -274,8 +276,9 @@ def test_body_over_limit_is_413(tmp_path, classifier):
 
 
 def test_own_api_user_update_is_ignored(tmp_path, classifier):
-    from conftest import make_settings
     from plugin import create_app
+
+    from conftest import make_settings
 
     app = create_app(make_settings(tmp_path, zendesk_user_id="900001"), classifier=classifier)
     payload = load_fixture("zendesk/event_ticket_group_changed.json")
