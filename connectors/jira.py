@@ -217,9 +217,14 @@ def routing_value(group: Any, project: str | None) -> Any:
 
 def routing_fields(groups: list[Any], options: JiraOptions | None = None) -> dict[str, str]:
     """Map each field the policy routes by to ``"name"`` or ``"id"``: which changelog value
-    (``toString`` or ``to``) :func:`routing_value` returns for it."""
+    (``toString`` or ``to``) :func:`routing_value` returns for it.
+
+    A field should be given the same way (by name or by id) in every queue. When tables
+    mix both, the first one read decides, and changes through the other kind compare as
+    overrides.
+    """
     options = options or JiraOptions()
-    found = {options.request_type_field: "name"}
+    found: dict[str, str] = {}
     for group in groups:
         for table in _target_tables(group):
             kind = next((key for key in _TARGET_KEYS if key in table), None)
@@ -230,7 +235,8 @@ def routing_fields(groups: list[Any], options: JiraOptions | None = None) -> dic
                 field_id = field_id or options.request_type_field
             if field_id:
                 by_id = kind in ("request_type_id", "option_id", "team")
-                found[field_id] = "id" if by_id else "name"
+                found.setdefault(field_id, "id" if by_id else "name")
+    found.setdefault(options.request_type_field, "name")
     return found
 
 
@@ -354,6 +360,12 @@ class JiraConnector:
             f"read issue {ticket_id}", lambda: self.client.issue(ticket_id), idempotent=True
         )
         return ticket_from_issue(issue.raw, self.options)
+
+    def routing_value(self, group: Any, ticket: Ticket) -> Any:
+        """Return what the ticket's routing field shows once ``group`` is applied; see
+        :func:`routing_value`. The pipeline records it to compare with human changes."""
+        project = (ticket.extra or {}).get("project") or project_of(ticket.id)
+        return routing_value(group, project)
 
     def own_user_id(self) -> str | None:
         """Return the account id deskroute's API user writes as, from ``GET /myself``."""

@@ -52,13 +52,13 @@ def serve(host: str, port: int, config_file: str | None, workers: int, threads: 
 
 def _check_startup(settings) -> None:
     """Load policy and model once before forking, so that errors show before the server runs."""
-    from model.inference import Classifier
+    from model.inference import Classifier, ModelError
     from plugin.policy import Policy
 
     try:
         policy = Policy.load(settings.policy_file)
         classifier = Classifier.load(settings.model_dir)
-    except (PolicyError, FileNotFoundError, ValueError) as exc:
+    except (PolicyError, ModelError) as exc:
         raise click.ClickException(str(exc)) from None
     mode = settings.mode or policy.mode
     if not settings.zendesk_configured and mode != "shadow":
@@ -76,7 +76,7 @@ def _check_startup(settings) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
 def check_config(config_file: str | None) -> None:
     """Validate settings, policy and model; print them with secrets shown as [secure]."""
-    from model.inference import Classifier
+    from model.inference import Classifier, ModelError
     from plugin.policy import Policy
 
     settings = _settings_or_exit(config_file)
@@ -86,7 +86,7 @@ def check_config(config_file: str | None) -> None:
         raise click.ClickException(f"policy: {exc}") from None
     try:
         classifier = Classifier.load(settings.model_dir)
-    except (FileNotFoundError, ValueError) as exc:
+    except ModelError as exc:
         raise click.ClickException(f"model: {exc}") from None
     report = {
         "settings": settings.redacted(),
@@ -138,3 +138,20 @@ def replay(csv_file, text_columns, label_column, url, config_file, limit, timeou
     click.echo(report.render())
     if report.missing:
         sys.exit(1)
+
+
+@main.group()
+def install() -> None:
+    """Register deskroute with a help desk."""
+
+
+def _register_commands() -> None:
+    from model.cli import evaluate_command, train_command
+    from plugin.install_jira import install_jira_command
+
+    main.add_command(train_command, "train")
+    main.add_command(evaluate_command, "evaluate")
+    install.add_command(install_jira_command, "jira")
+
+
+_register_commands()

@@ -419,6 +419,50 @@ class CircuitBreaker:
         return max(0.0, self.reset_seconds - (self.clock() - self.opened_at))
 
 
+ENRICHMENT_OPTIONS = {
+    "breaker_failures": int,
+    "breaker_reset_seconds": float,
+    "deadline_seconds": float,
+}
+
+
+def check_enrichment_options(policy_options: dict[str, Any]) -> None:
+    """Validate the policy tables ``[salesforce]``, ``[netsuite]``, ``[businesscentral]``
+    and ``[enrichment]`` without contacting anything; raise ``ValueError`` naming the
+    table and option. Tables of sources that have no credentials are checked too.
+    """
+    from connectors.erp.businesscentral import BusinessCentralOptions
+    from connectors.erp.netsuite import NetSuiteOptions
+    from connectors.salesforce import SalesforceOptions
+
+    parsers = {
+        "salesforce": SalesforceOptions.from_dict,
+        "netsuite": NetSuiteOptions.from_dict,
+        "businesscentral": BusinessCentralOptions.from_dict,
+    }
+    for table, parse in parsers.items():
+        value = policy_options.get(table)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"[{table}] must be a table")
+        parse(value)
+    tuning = policy_options.get("enrichment", {})
+    if not isinstance(tuning, dict):
+        raise ValueError("[enrichment] must be a table")
+    for name, value in tuning.items():
+        kind = ENRICHMENT_OPTIONS.get(name)
+        if kind is None:
+            raise ValueError(
+                f"enrichment: unknown option {name!r}, expected one of "
+                + ", ".join(ENRICHMENT_OPTIONS)
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"enrichment.{name}: expected a positive number, got {value!r}")
+        if kind is int and not isinstance(value, int):
+            raise ValueError(f"enrichment.{name}: expected a whole number, got {value!r}")
+
+
 class LookupFailed(Exception):
     """One source's lookup failed; ``message`` is safe to show (no secrets, no bodies)."""
 
@@ -477,6 +521,7 @@ class Enricher:
         from connectors.salesforce import SalesforceConnector
 
         options = policy_options or {}
+        check_enrichment_options(options)
         timeout = settings.enrichment_timeout_seconds
         salesforce = SalesforceConnector.from_settings(
             settings, options.get("salesforce", {}), timeout=timeout
@@ -490,9 +535,9 @@ class Enricher:
             erp=erp,
             timeout=timeout,
             cache_seconds=settings.enrichment_cache_seconds,
-            breaker_failures=int(tuning.get("breaker_failures", DEFAULT_BREAKER_FAILURES)),
-            breaker_reset_seconds=float(
-                tuning.get("breaker_reset_seconds", DEFAULT_BREAKER_RESET_SECONDS)
+            breaker_failures=tuning.get("breaker_failures", DEFAULT_BREAKER_FAILURES),
+            breaker_reset_seconds=tuning.get(
+                "breaker_reset_seconds", DEFAULT_BREAKER_RESET_SECONDS
             ),
             deadline_seconds=tuning.get("deadline_seconds"),
         )

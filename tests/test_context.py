@@ -27,6 +27,7 @@ from plugin.context import (
     Project,
     Renewal,
     TTLCache,
+    check_enrichment_options,
 )
 from plugin.tickets import Party, Ticket
 
@@ -473,3 +474,30 @@ def test_main_project_is_the_next_date():
     context.derive(date(2026, 12, 4))
     assert context.project.id == "soon"
     assert context.days_to_go_live is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"salesforce": {"tier_field": "Tier c"}}, "salesforce.tier_field"),
+        ({"netsuite": {"go_live_field": "x y"}}, "netsuite.go_live_field"),
+        ({"businesscentral": {"nope": 1}}, "businesscentral: unknown option"),
+        ({"salesforce": "Tier__c"}, r"\[salesforce\] must be a table"),
+        ({"enrichment": {"breaker_failures": 0}}, "enrichment.breaker_failures"),
+        ({"enrichment": {"breaker_failures": 2.5}}, "whole number"),
+        ({"enrichment": {"timeout": 1}}, "enrichment: unknown option 'timeout'"),
+    ],
+)
+def test_invalid_policy_tables_are_rejected(options, message):
+    with pytest.raises(ValueError, match=message):
+        check_enrichment_options(options)
+
+
+def test_valid_policy_tables_pass():
+    check_enrichment_options(
+        {
+            "salesforce": {"tier_field": "Tier__c"},
+            "netsuite": {"go_live_field": "custentity_go_live"},
+            "enrichment": {"breaker_failures": 3, "deadline_seconds": 2.5},
+        }
+    )

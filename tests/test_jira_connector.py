@@ -27,6 +27,7 @@ from connectors.jira import (
     RoutingTarget,
     parse_routing,
     project_of,
+    routing_fields,
     ticket_from_issue,
     validate_routing,
 )
@@ -536,6 +537,38 @@ def test_from_settings_needs_credentials():
 
     with pytest.raises(ValueError, match="DESKROUTE_JIRA_EMAIL"):
         JiraConnector.from_settings(settings, {})
+
+
+def test_routing_value_matches_changelog_values(connector):
+    ticket = ticket_from_issue(load("issue.json"))
+    group = {
+        "request_type": "Request access",
+        "projects": {"HR": {"field": "customfield_10001", "team": "36885b3c"}},
+    }
+
+    assert connector.routing_value(group, ticket) == "Request access"
+    ticket.extra["project"] = "HR"
+    assert connector.routing_value(group, ticket) == "36885b3c"
+    assert connector.routing_value(None, ticket) is None
+
+
+def test_routing_fields_kinds():
+    groups = [
+        {"request_type": "Request access"},
+        {"field": "customfield_10050", "option": "Hardware"},
+        {"request_type_id": "12", "projects": {"HR": {"field": "customfield_10001", "team": "t"}}},
+    ]
+
+    assert routing_fields(groups) == {
+        "customfield_10010": "name",
+        "customfield_10050": "name",
+        "customfield_10001": "id",
+    }
+
+
+def test_routing_fields_default_request_type():
+    assert routing_fields([]) == {"customfield_10010": "name"}
+    assert routing_fields([{"request_type_id": "12"}]) == {"customfield_10010": "id"}
 
 
 def test_project_of():

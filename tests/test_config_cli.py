@@ -1,0 +1,149 @@
+"""Settings precedence, secret redaction, check-config and replay from the command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from click.testing import CliRunner
+
+from plugin.cli import main
+from plugin.config import ConfigError, Secret, load_settings
+
+SAMPLE = "tests/fixtures/data/it-service-tickets-sample.csv"
+
+
+def test_file_then_environment_then_overrides(tmp_path):
+    config = tmp_path / "deskroute.toml"
+    config.write_text('[deskroute]\nmode = "suggest"\nmax_attempts = 3\nown_tag = "from_file"\n')
+
+    settings = load_settings(
+        config, environ={"DESKROUTE_MODE": "auto", "DESKROUTE_MAX_ATTEMPTS": "7"}, max_attempts=9
+    )
+
+    assert settings.own_tag == "from_file"
+    assert settings.mode == "auto"
+    assert settings.max_attempts == 9
+
+
+def test_config_file_from_environment(tmp_path):
+    config = tmp_path / "deskroute.toml"
+    config.write_text('mode = "suggest"\n')
+
+    settings = load_settings(environ={"DESKROUTE_CONFIG": str(config)})
+
+    assert settings.mode == "suggest"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"DESKROUTE_MODE": "yolo"}, "mode: invalid value 'yolo'"),
+        ({"DESKROUTE_MAX_ATTEMPTS": "many"}, "DESKROUTE_MAX_ATTEMPTS"),
+        ({"DESKROUTE_RUN_WORKER": "perhaps"}, "run_worker"),
+        ({"DESKROUTE_ZENDESK_SUBDOMAIN": "acme"}, "DESKROUTE_ZENDESK_EMAIL"),
+        ({"DESKROUTE_ERP": "sap"}, "erp: invalid value 'sap'"),
+    ],
+)
+def test_invalid_setting_names_it(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ=environ)
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path):
+    config = tmp_path / "deskroute.toml"
+    config.write_text("zendesk_tokn = 'x'\n")
+
+    with pytest.raises(ConfigError, match="unknown setting 'zendesk_tokn'"):
+        load_settings(config, environ={})
+
+
+def test_missing_and_invalid_config_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("mode = \n")
+
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "absent.toml", environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad, environ={})
+
+
+def test_secret_hides_its_value():
+    secret = Secret("s3cr3t-value")
+
+    assert str(secret) == "[secure]"
+    assert "s3cr3t" not in repr(secret)
+    assert "s3cr3t" not in f"{secret}"
+    assert secret.get() == "s3cr3t-value"
+
+
+def test_check_config_prints_secrets_as_secure(tmp_path, monkeypatch):
+    values = {
+        "DESKROUTE_DATA_DIR": str(tmp_path),
+        "DESKROUTE_ZENDESK_SUBDOMAIN": "acme",
+        "DESKROUTE_ZENDESK_EMAIL": "deskroute@example.com",
+        "DESKROUTE_ZENDESK_TOKEN": "zd-token-value-123",
+        "DESKROUTE_ZENDESK_WEBHOOK_SECRET": "webhook-secret-456",
+        "DESKROUTE_API_TOKEN": "api-token-789",
+        "DESKROUTE_MODE": "auto",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+
+    result = CliRunner().invoke(main, ["check-config"])
+
+    assert result.exit_code == 0, result.output
+    for secret in ("zd-token-value-123", "webhook-secret-456", "api-token-789"):
+        assert secret not in result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["settings"]["zendesk_token"] == "[secure]"
+    assert report["settings"]["api_token"] == "[secure]"
+    assert report["policy"]["effective_mode"] == "auto"
+    assert "Hardware" in report["model"]["queues"]
+
+
+def test_check_config_rejects_bad_policy(tmp_path, monkeypatch):
+    policy = tmp_path / "policy.toml"
+    policy.write_text('mode = "auto"\n[queues.Hardware]\npriority = "asap"\n')
+    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DESKROUTE_POLICY_FILE", str(policy))
+
+    result = CliRunner().invoke(main, ["check-config"])
+
+    assert result.exit_code == 1
+    assert "queues.Hardware.priority 'asap'" in result.output
+
+
+def test_check_config_rejects_missing_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DESKROUTE_MODEL_DIR", str(tmp_path / "nowhere"))
+
+    result = CliRunner().invoke(main, ["check-config"])
+
+    assert result.exit_code == 1
+    assert "model" in result.output
+
+
+def test_replay_in_process_reports_accuracy(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
+
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(
+            main, ["replay", SAMPLE, "--text", "text", "--label", "queue", "--limit", "40"]
+        )
+
+    assert result.exit_code == 0, result.output
+    assert "sent 40, accepted 40, processed 40, without a decision 0" in result.output
+    assert "accuracy" in result.output
+    assert "auto-route coverage" in result.output
+    assert "webhook acceptance p50" in result.output
+
+
+def test_replay_rejects_unknown_column(tmp_path, monkeypatch):
+    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
+
+    result = CliRunner().invoke(main, ["replay", SAMPLE, "--text", "body", "--label", "queue"])
+
+    assert result.exit_code == 1
+    assert "column 'body' not found" in result.output
