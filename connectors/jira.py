@@ -65,9 +65,9 @@ class JiraOptions:
     # deskroute priority (low, normal, high, urgent) to the site's priority name.
     priorities: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
     request_type_field: str = DEFAULT_REQUEST_TYPE_FIELD
-    # The JSM "Organizations" field, read into Ticket.organization; unset skips it.
+    # The JSM "Organizations" field, read into Ticket.organization when set.
     organization_field: str | None = None
-    # Project key to JSM service desk id, for request type lookups; the key is used when unset.
+    # Project key to JSM service desk id for request type lookups. Unlisted projects use the key.
     service_desks: dict[str, str] = field(default_factory=dict)
     # Jira only accepts notifyUsers=false from project admins, so the default notifies.
     notify_users: bool = True
@@ -119,7 +119,7 @@ def parse_routing(
 ) -> RoutingTarget | None:
     """Read a ``[queues.<Queue>.jira]`` table into the field and value to set.
 
-    The table holds exactly one of these, with ``field`` naming the custom field (optional
+    The table contains exactly one of these, with ``field`` naming the custom field (optional
     for request types, whose field defaults to ``[jira].request_type_field``)::
 
         request_type = "Request access"      # a JSM request type by name
@@ -154,12 +154,12 @@ def parse_routing(
             f"jira routing target: unknown key {unknown[0]!r}, "
             f"expected field and one of {list(_TARGET_KEYS)}"
         )
-    given = [key for key in _TARGET_KEYS if key in table]
-    if len(given) != 1:
+    present = [key for key in _TARGET_KEYS if key in table]
+    if len(present) != 1:
         raise ValueError(
-            f"jira routing target: set exactly one of {list(_TARGET_KEYS)}, got {given or 'none'}"
+            f"jira routing target: set exactly one of {list(_TARGET_KEYS)}, got {present or 'none'}"
         )
-    kind = given[0]
+    kind = present[0]
     raw = table[kind]
     field_id = table.get("field")
 
@@ -505,20 +505,20 @@ class JiraConnector:
 
     # Transport
 
-    def _call(self, what: str, func: Callable[[], T], *, idempotent: bool) -> tuple[T, int]:
+    def _call(self, operation: str, func: Callable[[], T], *, idempotent: bool) -> tuple[T, int]:
         """Run one request with the retry rules; return its result and the attempts used."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                return _mapped(what, func), attempt
+                return _mapped(operation, func), attempt
             except ConnectorError as exc:
                 delay = self._retry_delay(exc, attempt, idempotent)
                 if delay is None:
                     raise
                 log.warning(
                     "jira %s failed (%s), retry %d of %d in %.1f s",
-                    what,
+                    operation,
                     type(exc).__name__,
                     attempt,
                     self.options.max_attempts - 1,
@@ -545,7 +545,7 @@ def _label(tag: str) -> str:
     return "_".join(str(tag).split())
 
 
-def _mapped(what: str, func: Callable[[], T]) -> T:
+def _mapped(operation: str, func: Callable[[], T]) -> T:
     try:
         return func()
     except JIRAError as exc:
@@ -558,8 +558,8 @@ def _mapped(what: str, func: Callable[[], T]) -> T:
         exc.request = None
         exc.headers = None
         if status is None:
-            raise ConnectorUnavailable(f"jira {what}: no response", source=SOURCE) from exc
-        message = f"jira {what}: HTTP {status}"
+            raise ConnectorUnavailable(f"jira {operation}: no response", source=SOURCE) from exc
+        message = f"jira {operation}: HTTP {status}"
         if detail:
             message += f": {detail}"
         raise error_for_status(SOURCE, status, message, headers) from exc

@@ -7,8 +7,8 @@ of that set, ``aud`` is this app's id (``DESKROUTE_FORGE_APP_ID``), ``iss`` is
 ``forge/invocation-token`` and the token is inside its ``nbf``/``exp`` window.
 
 The issue comes from the token's ``context.extension.issue``, which Atlassian signed, and
-never from the URL or the body: a user who can open one issue's panel cannot read or answer
-another issue's decision by changing a parameter.
+never from the URL or the body. A user who can open one issue's panel therefore cannot read
+or respond to another issue's decision by changing a parameter.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ bp = Blueprint("forge", __name__)
 HELPDESK = "jira"
 FORGE_ISSUER = "forge/invocation-token"
 ALGORITHMS = ["RS256"]
-# Tokens live about 25 seconds; a small leeway absorbs clock skew between hosts.
+# Forge tokens are valid for about 25 seconds, and the leeway absorbs clock skew.
 LEEWAY_SECONDS = 10
 JWKS_CACHE_SECONDS = 3600
 # An unknown key id refetches the set, but at most this often, so forged key ids cannot
@@ -45,7 +45,7 @@ JWKS_TIMEOUT_SECONDS = 5
 
 
 class ForgeTokenError(Exception):
-    """A token that is missing, malformed or fails a check; the message says which."""
+    """A token that is missing, malformed or fails a check. The message names the check."""
 
 
 class JWKSUnavailable(Exception):

@@ -2,10 +2,10 @@
 
 Jira Cloud admin webhooks are managed through ``/rest/webhooks/1.0/webhook``, which only
 Jira administrators may call. The command lists the existing webhooks first and keeps one
-per deskroute URL: it creates the webhook when none points at the server, updates it (events,
-JQL filter, secret) when one does, and deletes extra copies, so running it twice leaves one
-webhook. A user who is not an admin gets a 403; the command then prints the automation rule
-that sends the same events with the shared-secret header instead.
+per deskroute URL. It creates the webhook when none points at the server, and updates it
+(events, JQL filter, secret) when one does. Extra copies are deleted, so running the command
+twice leaves one webhook. For a user who is not an admin, Jira answers 403, and the command
+prints instead the automation rule that sends the same events with the shared-secret header.
 """
 
 from __future__ import annotations

@@ -101,6 +101,7 @@ def _walk_adf(node: Any, parts: list[str]) -> None:
         return
     kind = node.get("type")
     attrs = node.get("attrs") or {}
+
     if kind == "text":
         parts.append(str(node.get("text", "")))
         return
@@ -116,12 +117,14 @@ def _walk_adf(node: Any, parts: list[str]) -> None:
     if kind == "date":
         parts.append(str(attrs.get("timestamp") or ""))
         return
+
     if kind == "tableCell" or kind == "tableHeader":
         # A cell's paragraphs stay on the row's line, so a table row reads as one line.
         cell: list[str] = []
         _walk_adf(node.get("content"), cell)
         parts.append(" ".join("".join(cell).split()) + " ")
         return
+
     _walk_adf(node.get("content"), parts)
     # A list item's paragraph has already ended the line.
     if kind in _ADF_BLOCKS and not (parts and parts[-1].endswith("\n")):

@@ -5,8 +5,8 @@ Two senders, two proofs of origin, both checked on the raw body before parsing:
 - Admin webhooks registered with a secret carry ``X-Hub-Signature: sha256=<hex>``, the
   HMAC-SHA256 of the raw body keyed with that secret (``DESKROUTE_JIRA_WEBHOOK_SECRET``).
 - Automation rules cannot sign, so they send a shared secret in a header
-  (``DESKROUTE_JIRA_AUTOMATION_HEADER``, default ``X-Deskroute-Secret``, holding
-  ``DESKROUTE_JIRA_AUTOMATION_SECRET``). The header only proves the sender knows the
+  (``DESKROUTE_JIRA_AUTOMATION_HEADER``, default ``X-Deskroute-Secret``, which contains
+  ``DESKROUTE_JIRA_AUTOMATION_SECRET``). The header only proves that the sender has the
   secret, so it belongs on HTTPS only.
 
 Both comparisons run in constant time. ``X-Atlassian-Webhook-Identifier`` stays the same
