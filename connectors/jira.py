@@ -33,6 +33,7 @@ from jira.exceptions import JIRAError
 
 from connectors.base import (
     ConnectorBadRequest,
+    ConnectorConflict,
     ConnectorError,
     ConnectorNotFound,
     ConnectorRateLimited,
@@ -54,6 +55,10 @@ INTERNAL_COMMENT_PROPERTY = "sd.public.comment"
 DEFAULT_PRIORITIES = {"low": "Low", "normal": "Medium", "high": "High", "urgent": "Highest"}
 # The JSM "Request Type" field on most Cloud sites; the id differs per site, so it is an option.
 DEFAULT_REQUEST_TYPE_FIELD = "customfield_10010"
+
+# What apply() reads before writing: unchanged fields are not sent again, and a note that an
+# earlier attempt posted is not posted twice.
+READ_FIELDS = "project,priority,labels,comment"
 
 T = TypeVar("T")
 
@@ -130,7 +135,7 @@ def parse_routing(
         team = "36885b3c-1bf0-4f85-a357-c5b858c31de4"   # an Atlassian team field
         value = ...                          # any other field: the JSON value as is
 
-    A ``projects`` subtable holds the same keys per project key and wins for that project,
+    A ``projects`` subtable contains the same keys per project key and wins for that project,
     because each JSM project has its own request types and queues. A ValueError names the
     key that is wrong.
     """
@@ -382,12 +387,13 @@ class JiraConnector:
 
         issue, used = self._call(
             f"read issue {key}",
-            lambda: self.client.issue(key, fields="project,priority,labels"),
+            lambda: self.client.issue(key, fields=READ_FIELDS),
             idempotent=True,
         )
         attempts += used
-        project = (issue.raw.get("fields", {}).get("project") or {}).get("key") or project_of(key)
-        edit = self._edit_body(writeback, issue.raw.get("fields") or {}, project)
+        current = issue.raw.get("fields") or {}
+        project = (current.get("project") or {}).get("key") or project_of(key)
+        edit = self._edit_body(writeback, current, project)
 
         if edit:
             _, used = self._call(
@@ -404,7 +410,12 @@ class JiraConnector:
             path = urlparse(issue.self).path if getattr(issue, "self", None) else key
             sent.append({"method": "PUT", "path": path, "body": edit})
 
-        if writeback.note:
+        skipped = None
+        if writeback.note and _comment_posted(current, writeback.note):
+            # An earlier attempt posted it and failed afterwards, so it is not posted twice.
+            skipped = "note already on the issue"
+            log.info("jira issue %s: note already posted, not sent again", key)
+        elif writeback.note:
             # A timed-out POST may have created the comment, so a timeout is not retried.
             comment, used = self._call(
                 f"comment on issue {key}",
@@ -431,7 +442,7 @@ class JiraConnector:
             ok=True,
             requests=sent,
             attempts=attempts,
-            skipped=None if sent else "nothing to change",
+            skipped=skipped or (None if sent else "nothing to change"),
         )
 
     def _edit_body(
@@ -535,9 +546,16 @@ class JiraConnector:
             return exc.retry_after
         if isinstance(exc, ConnectorTimeout) and not idempotent:
             return None
-        if isinstance(exc, ConnectorTimeout | ConnectorUnavailable):
+        # A 409 means a concurrent change on Jira's side; the edit is safe to send again.
+        if isinstance(exc, ConnectorTimeout | ConnectorUnavailable | ConnectorConflict):
             return self.options.backoff_seconds * 2 ** (attempt - 1)
         return None
+
+
+def _comment_posted(fields: dict[str, Any], note: str) -> bool:
+    comments = (fields.get("comment") or {}).get("comments") or []
+    expected = note.strip()
+    return any(str(comment.get("body", "")).strip() == expected for comment in comments)
 
 
 def _label(tag: str) -> str:

@@ -10,7 +10,7 @@ import hmac
 import logging
 
 from flask import Blueprint, current_app, jsonify, request
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from plugin import intake
 from plugin.errors import APIError
@@ -63,7 +63,15 @@ def _decision_view(row: dict) -> dict:
 
 class DecisionQuery(Schema):
     helpdesk = fields.String(required=True, validate=validate.OneOf(["zendesk", "jira"]))
-    ticket_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    ticket_id = fields.String(validate=validate.Length(min=1, max=64))
+    # Without a ticket id: the decisions after this decision id, for reports and exports.
+    after = fields.Integer(validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=500, validate=validate.Range(min=1, max=5000))
+
+    @validates_schema
+    def _ticket_or_after(self, data, **kwargs):
+        if "ticket_id" not in data and "after" not in data:
+            raise ValidationError("either ticket_id or after is required", "ticket_id")
 
 
 @bp.get("/decisions")
@@ -71,13 +79,25 @@ class DecisionQuery(Schema):
 def list_decisions():
     query = intake.validate(DecisionQuery(), request.args.to_dict())
     store = current_app.extensions["deskroute"].store
-    rows = store.decisions_for_ticket(query["helpdesk"], query["ticket_id"])
+    helpdesk = query["helpdesk"]
+    if "ticket_id" not in query:
+        rows = store.decisions_after(helpdesk, query["after"], query["limit"])
+        return jsonify(
+            {
+                "helpdesk": helpdesk,
+                "after": query["after"],
+                "decisions": [_decision_view(row) for row in rows],
+                "next": rows[-1]["id"] if rows else query["after"],
+                "last": store.last_decision_id(helpdesk),
+            }
+        )
+    rows = store.decisions_for_ticket(helpdesk, query["ticket_id"])
     return jsonify(
         {
-            "helpdesk": query["helpdesk"],
+            "helpdesk": helpdesk,
             "ticket_id": query["ticket_id"],
             "decisions": [_decision_view(row) for row in rows],
-            "feedback": store.feedback_for_ticket(query["helpdesk"], query["ticket_id"]),
+            "feedback": store.feedback_for_ticket(helpdesk, query["ticket_id"]),
         }
     )
 

@@ -117,7 +117,12 @@ def _effective_mode(settings, policy) -> str:
 @click.option("--url", help="Base URL of a running server; without it an in-process app is used.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--limit", type=int, help="Send at most this many rows.")
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for decisions.")
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the next decision before reporting the rest as missing.",
+)
 def replay(csv_file, text_columns, label_column, url, config_file, limit, timeout) -> None:
     """Send each CSV row as a signed Zendesk webhook and report on the decisions."""
     from plugin.replay import ReplayError, run_replay

@@ -6,8 +6,12 @@ Views raise :class:`APIError`; the handler registered by the app factory renders
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+import logging
+
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -39,3 +43,9 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected_error(exc: Exception):
+        # A 500 makes the help desk retry the delivery later, so nothing accepted is lost.
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error, the request can be retried")

@@ -4,7 +4,7 @@ Jira Cloud admin webhooks are managed through ``/rest/webhooks/1.0/webhook``, wh
 Jira administrators may call. The command lists the existing webhooks first and keeps one
 per deskroute URL. It creates the webhook when none points at the server, and updates it
 (events, JQL filter, secret) when one does. Extra copies are deleted, so running the command
-twice leaves one webhook. For a user who is not an admin, Jira answers 403, and the command
+twice leaves one webhook. For a user who is not an admin, Jira returns 403, and the command
 prints instead the automation rule that sends the same events with the shared-secret header.
 """
 

@@ -119,16 +119,16 @@ class _HTTPTarget:
             f"{self.url}/webhooks/zendesk", data=body, headers=headers, timeout=10
         ).status_code
 
-    def decisions(self, ticket_id: str) -> list[dict]:
+    def decisions_page(self, after: int) -> dict:
         response = self.session.get(
             f"{self.url}/api/decisions",
-            params={"helpdesk": "zendesk", "ticket_id": ticket_id},
+            params={"helpdesk": "zendesk", "after": after, "limit": 1000},
             headers={"Authorization": f"Bearer {self.api_token}"},
             timeout=10,
         )
         if response.status_code != 200:
             raise ReplayError(f"decisions API answered {response.status_code}: {response.text}")
-        return response.json()["decisions"]
+        return response.json()
 
 
 class _AppTarget:
@@ -139,13 +139,13 @@ class _AppTarget:
     def post(self, body: bytes, headers: dict) -> int:
         return self.client.post("/webhooks/zendesk", data=body, headers=headers).status_code
 
-    def decisions(self, ticket_id: str) -> list[dict]:
+    def decisions_page(self, after: int) -> dict:
         response = self.client.get(
             "/api/decisions",
-            query_string={"helpdesk": "zendesk", "ticket_id": ticket_id},
+            query_string={"helpdesk": "zendesk", "after": after, "limit": 1000},
             headers={"Authorization": f"Bearer {self.api_token}"},
         )
-        return response.get_json()["decisions"]
+        return response.get_json()
 
 
 def run_replay(
@@ -182,6 +182,7 @@ def run_replay(
         target = _AppTarget(app)
 
     report = ReplayReport()
+    start_after = target.decisions_page(0)["last"]
     run = uuid.uuid4().int % 10**8
     sent: list[tuple[str, str | None, float]] = []
     rows = list(read_rows(path, text_columns, label_column, limit))
@@ -206,21 +207,24 @@ def run_replay(
         else:
             report.rejected[status] = report.rejected.get(status, 0) + 1
 
-    deadline = time.monotonic() + timeout
-    pending = list(sent)
+    # Decisions are read in pages after the last one that existed before sending, and
+    # matched to this run's tickets; the wait ends after ``timeout`` s without a new one.
+    pending = {ticket_id: (label, sent_at) for ticket_id, label, sent_at in sent}
+    after = start_after
+    idle_since = time.monotonic()
     with tqdm(total=len(pending), desc="decisions", unit="ticket") as progress:
-        while pending and time.monotonic() < deadline:
-            waiting = []
-            for ticket_id, label, sent_at in pending:
-                decisions = target.decisions(ticket_id)
-                if not decisions:
-                    waiting.append((ticket_id, label, sent_at))
-                    continue
-                _count(report, decisions[-1], label, sent_at)
-                progress.update(1)
-            pending = waiting
-            if pending:
-                time.sleep(0.5)
+        while pending and time.monotonic() - idle_since < timeout:
+            page = target.decisions_page(after)
+            for decision in page["decisions"]:
+                entry = pending.pop(decision["ticket_id"], None)
+                if entry is not None:
+                    _count(report, decision, entry[0], entry[1])
+                    progress.update(1)
+            if page["decisions"]:
+                after = page["next"]
+                idle_since = time.monotonic()
+            else:
+                time.sleep(0.2)
     report.missing = len(pending)
     if keep is not None:
         app.extensions["deskroute"].worker.stop()

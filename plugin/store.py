@@ -444,6 +444,26 @@ class Store:
             ).all()
         return [dict(row._mapping) for row in rows]
 
+    def decisions_after(self, helpdesk: str, after_id: int, limit: int) -> list[dict[str, Any]]:
+        """Return up to ``limit`` decisions with an id above ``after_id``, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(decisions)
+                .where(decisions.c.helpdesk == helpdesk, decisions.c.id > after_id)
+                .order_by(decisions.c.id)
+                .limit(limit)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    def last_decision_id(self, helpdesk: str) -> int:
+        from sqlalchemy import func
+
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(func.max(decisions.c.id)).where(decisions.c.helpdesk == helpdesk)
+            ).scalar()
+        return int(value or 0)
+
     def latest_decision(self, helpdesk: str, ticket_id: str) -> dict[str, Any] | None:
         found = self.decisions_for_ticket(helpdesk, ticket_id)
         return found[-1] if found else None

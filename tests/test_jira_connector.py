@@ -83,7 +83,7 @@ def add_read(mocked, issue=None, status=200, **kwargs):
         ISSUE_URL,
         json=issue if issue is not None else load("issue.json"),
         status=status,
-        match=[matchers.query_param_matcher({"fields": "project,priority,labels"})],
+        match=[matchers.query_param_matcher({"fields": "project,priority,labels,comment"})],
         **kwargs,
     )
 
@@ -258,6 +258,23 @@ def test_apply_skips_unchanged_fields(connector, mocked):
     assert [item["method"] for item in result.requests] == ["POST"]
 
 
+def test_apply_note_already_posted(connector, mocked):
+    note = "deskroute suggests Access.\n(deskroute decision 7; accept or override it)"
+    issue = load("issue.json")
+    issue["fields"]["comment"] = {
+        "comments": [{"id": "10301", "body": note + "\n", "properties": INTERNAL}],
+        "maxResults": 1,
+        "total": 1,
+        "startAt": 0,
+    }
+    add_read(mocked, issue)
+
+    result = connector.apply(WriteBack(ticket_id="ITSD-42", note=note))
+
+    assert result.requests == []
+    assert result.skipped == "note already on the issue"
+
+
 def test_apply_nothing_to_change(connector, mocked):
     add_read(mocked)
 
@@ -369,6 +386,27 @@ def test_apply_server_error_backs_off(connector, mocked, sleeps):
 
     assert sleeps == [1.0, 2.0]
     assert result.attempts == 4
+
+
+def test_apply_conflict_retried(connector, mocked, sleeps):
+    add_read(mocked)
+    mocked.put(ISSUE_SELF, status=409, json={"errorMessages": ["The issue was updated."]})
+    mocked.put(ISSUE_SELF, status=204)
+    add_reload(mocked)
+
+    result = connector.apply(WriteBack(ticket_id="ITSD-42", add_tags=["a"]))
+
+    assert sleeps == [1.0]
+    assert result.attempts == 3
+
+
+def test_own_user_id_reads_myself(connector, mocked):
+    mocked.get(
+        f"{SITE}/rest/api/2/myself",
+        json={"accountId": "712020:deadbeef-0000-4000-8000-00000000d5e7", "displayName": "x"},
+    )
+
+    assert connector.own_user_id() == "712020:deadbeef-0000-4000-8000-00000000d5e7"
 
 
 def test_apply_server_error_gives_up(connector, mocked, sleeps):

@@ -109,7 +109,7 @@ def mock_read(mock):
     mock.get(
         ISSUE_URL,
         json=load_fixture("jira/issue.json"),
-        match=[matchers.query_param_matcher({"fields": "project,priority,labels"})],
+        match=[matchers.query_param_matcher({"fields": "project,priority,labels,comment"})],
     )
 
 
@@ -203,7 +203,7 @@ def test_write_back_error_is_recorded(auto_app):
         mock_fetch(mock)
         mock.get(
             ISSUE_URL,
-            match=[matchers.query_param_matcher({"fields": "project,priority,labels"})],
+            match=[matchers.query_param_matcher({"fields": "project,priority,labels,comment"})],
             status=403,
             json={"errorMessages": ["You do not have the permission to see the specified issue."]},
         )

@@ -176,3 +176,31 @@ def test_healthz_reports_worker_and_model(client, classifier):
     assert body["status"] == "ok"
     assert body["model"] == classifier.version
     assert body["mode"] == "shadow"
+
+
+def test_decisions_api_pages_after_an_id(app, client):
+    for ticket_id in ("901", "902", "903"):
+        post_zendesk(client, created_event(ticket_id))
+    app.extensions["deskroute"].worker.drain()
+
+    first = client.get(
+        "/api/decisions",
+        query_string={"helpdesk": "zendesk", "after": 0, "limit": 2},
+        headers=bearer(),
+    ).get_json()
+    rest = client.get(
+        "/api/decisions",
+        query_string={"helpdesk": "zendesk", "after": first["next"]},
+        headers=bearer(),
+    ).get_json()
+
+    assert [d["ticket_id"] for d in first["decisions"]] == ["901", "902"]
+    assert [d["ticket_id"] for d in rest["decisions"]] == ["903"]
+    assert first["last"] == rest["next"]
+
+
+def test_decisions_api_needs_ticket_or_after(client):
+    response = client.get("/api/decisions", query_string={"helpdesk": "zendesk"}, headers=bearer())
+
+    assert response.status_code == 400
+    assert response.get_json()["error"]["field"] == "ticket_id"

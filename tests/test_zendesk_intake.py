@@ -307,3 +307,30 @@ def test_webhook_secret_never_in_logs(client, caplog):
         post_zendesk(client, created_event(), secret="wrong")
 
     assert WEBHOOK_SECRET not in caplog.text
+
+
+def test_store_failure_is_500_so_zendesk_retries(app, client, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    store = app.extensions["deskroute"].store
+    original = store.add_delivery
+
+    def locked(event_data):
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(store, "add_delivery", locked)
+    failed = post_zendesk(client, created_event(), invocation_id="inv-retry")
+    monkeypatch.setattr(store, "add_delivery", original)
+    retried = post_zendesk(client, created_event(), invocation_id="inv-retry")
+
+    assert failed.status_code == 500
+    assert failed.get_json()["error"]["code"] == "internal_error"
+    assert retried.status_code == 202
+    assert [row["delivery_id"] for row in stored(app)] == ["inv-retry"]
+
+
+def test_get_on_webhook_is_405_json(client):
+    response = client.get("/webhooks/zendesk")
+
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"

@@ -10,8 +10,8 @@ Two senders, two proofs of origin, both checked on the raw body before parsing:
   secret, so it belongs on HTTPS only.
 
 Both comparisons run in constant time. ``X-Atlassian-Webhook-Identifier`` stays the same
-when Jira retries a delivery, so it is the delivery id; an automation call has none, and the
-body's SHA-256 stands in for it.
+when Jira retries a delivery, so it is the delivery id. An automation call has no such
+header, and the body's SHA-256 is used instead.
 """
 
 from __future__ import annotations
