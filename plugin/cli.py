@@ -72,6 +72,31 @@ def _check_startup(settings) -> None:
     )
 
 
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+def worker(config_file: str | None) -> None:
+    """Run only the pipeline worker, for machines that serve no webhooks.
+
+    Web processes can then run with DESKROUTE_RUN_WORKER=false; all of them share the
+    deliveries through the database (PostgreSQL when they are on several machines).
+    """
+    import signal
+    import threading
+
+    from plugin.state import AppState
+
+    settings = _settings_or_exit(config_file)
+    _check_startup(settings)
+    state = AppState(settings)
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    state.worker.start()
+    stopped.wait()
+    state.worker.stop()
+    state.store.dispose()
+
+
 @main.command("check-config")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
 def check_config(config_file: str | None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import click
@@ -164,11 +165,12 @@ def install_jira_command(server_url, jql, name, config_file, automation) -> None
             "(an API token of a Jira administrator)"
         )
     secret = settings.jira_webhook_secret
+    secret_file = None
     if not secret:
         from plugin.state import local_secret
 
-        # The same file the app factory reads when the variable is unset.
         secret = local_secret(settings, "jira-webhook-secret")
+        secret_file = Path(settings.data_dir) / "jira-webhook-secret"
 
     client = JiraAdminClient(
         settings.jira_url,
@@ -190,3 +192,8 @@ def install_jira_command(server_url, jql, name, config_file, automation) -> None
     except ConnectorError as exc:
         raise click.ClickException(f"registering the Jira webhook failed: {exc.message}") from None
     click.echo(f"{action} Jira webhook {hook_id}: {', '.join(EVENTS)} to {url}")
+    if secret_file is not None:
+        click.echo(
+            f"The webhook secret is in {secret_file}: set DESKROUTE_JIRA_WEBHOOK_SECRET on the "
+            "server to its contents, or the server rejects the deliveries with 401."
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import secrets
 import statistics
 import tempfile
 import time
@@ -174,6 +175,8 @@ def run_replay(
         local = load_settings(
             environ={},
             data_dir=keep.name,
+            api_token=secrets.token_urlsafe(24),
+            zendesk_webhook_secret=secrets.token_urlsafe(24),
             policy_file=settings.policy_file,
             model_dir=settings.model_dir,
         )

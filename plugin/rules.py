@@ -168,7 +168,9 @@ class RuleOutcome:
         if actions.get("note"):
             parts.append("note added")
         done = ", ".join(parts) or "no action"
-        return f"matched {self.condition}: {done}"
+        # Conditions often span lines in the policy file; the reason is one line.
+        condition = " ".join(self.condition.split())
+        return f"matched {condition}: {done}"
 
 
 @dataclass

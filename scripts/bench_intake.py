@@ -427,6 +427,9 @@ _TICKET_PATH = re.compile(r"^/api/v2/tickets/(\d+)\.json$")
 
 class MockZendeskHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes. With Nagle's algorithm on, the body waits for
+    # the client's delayed ACK (about 40 ms on Linux), which would be counted as deskroute's.
+    disable_nagle_algorithm = True
     server: MockZendesk
 
     def log_message(self, format, *args):  # noqa: A002 - the signature is the base class's
@@ -496,8 +499,12 @@ def redirect_session(session, mock_url: str) -> None:
 
     class RedirectAdapter(HTTPAdapter):
         def send(self, request, **kwargs):
-            request.url = mock_url + request.url[len(origin) :]
-            return super().send(request, **kwargs)
+            original = request.url
+            request.url = mock_url + original[len(origin) :]
+            response = super().send(request, **kwargs)
+            # zenpy picks its response handler by the API's base URL in the request URL.
+            request.url = response.url = original
+            return response
 
     session.mount(origin, RedirectAdapter())
     # No proxy from the environment may see loopback traffic meant for the mock.

@@ -59,7 +59,7 @@ erp_id_field = "ERP_Customer_Id__c"
 first_response_minutes = 30
 priority = "high"
 """
-RULES = '''
+RULES = r'''
 [[rules]]
 name = "go-live weekend"
 condition = """prediction.queue == 'Access' and account.tier == 'Premium'
@@ -85,7 +85,10 @@ condition = """ticket.text =~~ '(?i)invoice|billing'
   and account.project&.next_milestone != null"""
 force_queue = "Billing Operations"
 priority = "high"
-follow_up = { team = "customer-success", note = "Renewal {account.renewal.name} is in negotiation; next milestone {account.project.next_milestone}." }
+[rules.follow_up]
+team = "customer-success"
+note = """Renewal {account.renewal.name} is in negotiation; \
+  next milestone {account.project.next_milestone}."""
 '''
 
 
@@ -351,7 +354,9 @@ def test_access_ticket_during_go_live_is_escalated_to_identity_engineering(make_
 
     # The side panel reads the same account context and reasons.
     response = app.test_client().get(
-        "/api/decisions", query_string={"helpdesk": "zendesk", "ticket_id": "35436"}, headers=bearer()
+        "/api/decisions",
+        query_string={"helpdesk": "zendesk", "ticket_id": "35436"},
+        headers=bearer(),
     )
     shown = response.get_json()["decisions"][0]
     assert shown["account"]["delivery_manager"] == "Dana Delivery"

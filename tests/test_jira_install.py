@@ -205,6 +205,7 @@ def test_install_generates_secret_file(env, tmp_path):
     stored = (tmp_path / "jira-webhook-secret").read_text().strip()
     assert sent["secret"] == stored
     assert stored not in result.output
+    assert "set DESKROUTE_JIRA_WEBHOOK_SECRET on the server" in result.output
 
 
 def test_install_needs_https(env):

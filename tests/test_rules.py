@@ -57,12 +57,16 @@ def test_syntax_error_names_rule_and_position():
     message = error_for(
         {"name": "go-live", "condition": "account.tier == 'Premium' and\n  )", "escalate": True}
     )
-    assert message == "rule 2 'go-live': invalid condition at line 2, column 3: syntax error near ')'"
+    assert (
+        message == "rule 2 'go-live': invalid condition at line 2, column 3: syntax error near ')'"
+    )
 
 
 def test_syntax_error_at_end():
     message = error_for({"name": "cut", "condition": "account.tier ==", "escalate": True})
-    assert message == "rule 2 'cut': invalid condition at line 1, column 16: syntax error at the end"
+    assert (
+        message == "rule 2 'cut': invalid condition at line 1, column 16: syntax error at the end"
+    )
 
 
 def test_unknown_field_suggests_the_right_one():
@@ -173,8 +177,10 @@ def test_fired_rules_in_policy_order_with_notes():
         "escalate": True,
         "note": "Delivery manager: Dana Delivery, project Plant Lyon cutover",
     }
-    assert outcomes[0].describe().endswith(
-        "priority urgent, queue IdentityEngineering, escalate, note added"
+    assert (
+        outcomes[0]
+        .describe()
+        .endswith("priority urgent, queue IdentityEngineering, escalate, note added")
     )
     assert outcomes[1].actions == {"tags": ["premium"]}
 
@@ -184,7 +190,8 @@ def test_text_and_dates_in_conditions():
         {
             "name": "renewal billing",
             "condition": (
-                "prediction.queue == 'Billing' and (account.renewal&.stage ?? '') =~ 'Negotiation.*'"
+                "prediction.queue == 'Billing'"
+                " and (account.renewal&.stage ?? '') =~ 'Negotiation.*'"
                 " and (account.renewal&.close_date ?? d'2999-01-01') < d'2027-01-01'"
                 " and ticket.text =~~ 'invoice'"
             ),
@@ -193,8 +200,12 @@ def test_text_and_dates_in_conditions():
         }
     )
     account = AccountContext(
-        renewal=Renewal(id="006", name="Northwind 2027", stage="Negotiation/Review",
-                        close_date=date(2026, 12, 18))
+        renewal=Renewal(
+            id="006",
+            name="Northwind 2027",
+            stage="Negotiation/Review",
+            close_date=date(2026, 12, 18),
+        )
     )
     billing_ticket = ticket(subject="Question about an invoice", description="")
     fired = ruleset.evaluate(billing_ticket, prediction("Billing"), account)
@@ -242,9 +253,7 @@ def test_dict_views_are_accepted():
         {"queue": "Integrations", "confidence": 0.7, "terms": [], "guards": []},
         AccountContext(tier="Mid-Market", account_name="Contoso").to_dict(),
     )
-    assert outcomes[0].actions["note"] == (
-        "Common cause: payroll connector update for Contoso"
-    )
+    assert outcomes[0].actions["note"] == ("Common cause: payroll connector update for Contoso")
 
 
 def test_placeholder_of_empty_field_reads_not_recorded():

@@ -162,3 +162,27 @@ def test_killed_server_loses_no_accepted_delivery(data_dir):
         assert len(second.wait_for_decision("1003")) == 1
     finally:
         second.stop()
+
+
+def test_worker_command_processes_stored_deliveries(data_dir):
+    web = Server(data_dir, DESKROUTE_RUN_WORKER="false")
+    try:
+        assert web.post(ticket_event("1004")).status_code == 202
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("DESKROUTE_")}
+        environment["DESKROUTE_DATA_DIR"] = str(data_dir)
+        worker = subprocess.Popen(
+            [DESKROUTE, "worker"],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert len(web.wait_for_decision("1004")) == 1
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _, errors = worker.communicate(timeout=20)
+        assert worker.returncode == 0, errors
+        assert "worker stopped" in errors
+    finally:
+        web.stop()
