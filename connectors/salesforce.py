@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 SOURCE = "salesforce"
 # The REST API version simple-salesforce 1.12 uses by default.
 DEFAULT_API_VERSION = "59.0"
-# Mail providers whose domain says nothing about the requester's company.
+# Mail providers whose domain does not identify the requester's company.
 FREE_MAIL_DOMAINS = (
     "gmail.com",
     "googlemail.com",
@@ -92,9 +92,9 @@ class SlaTarget:
 class SalesforceOptions:
     """Options from the policy file's ``[salesforce]`` table.
 
-    ``external_id_field`` is the Account field that holds the help desk organization's
-    external id. ``sla`` maps an entitlement process name to its targets and priority
-    class, for orgs that keep no target fields on Entitlement.
+    ``external_id_field`` is the Account field that contains the help desk
+    organization's external id. ``sla`` maps an entitlement process name to its targets
+    and priority class, for orgs that keep no target fields on Entitlement.
     """
 
     api_version: str = DEFAULT_API_VERSION
@@ -172,7 +172,7 @@ class AccountMatch:
 
 
 class _TimeoutSession(requests.Session):
-    """A session whose requests time out after ``timeout`` seconds unless told otherwise.
+    """A session whose requests time out after ``timeout`` seconds unless the caller sets one.
 
     simple-salesforce sends its login and token calls without a timeout; this session is
     how they get one.
@@ -468,12 +468,12 @@ class SalesforceConnector:
 
     def _account(self, match: AccountMatch) -> dict[str, Any]:
         options = self.options
-        wanted = ["Id", "Name", "Owner.Name"]
+        selected = ["Id", "Name", "Owner.Name"]
         for name in (options.tier_field, options.delivery_manager_field, options.erp_id_field):
             if name:
-                wanted.append(name)
-        wanted.extend(options.account_fields)
-        columns = ", ".join(dict.fromkeys(wanted))
+                selected.append(name)
+        selected.extend(options.account_fields)
+        columns = ", ".join(dict.fromkeys(selected))
         found = self.records(
             format_soql(f"SELECT {columns} FROM Account WHERE Id = {{}}", match.account_id)
         )

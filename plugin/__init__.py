@@ -24,6 +24,9 @@ def create_app(settings=None, **state_parts) -> Flask:
         settings.api_token = local_secret(settings, "api-token")
     if not settings.zendesk_webhook_secret:
         settings.zendesk_webhook_secret = local_secret(settings, "zendesk-webhook-secret")
+    if not settings.jira_webhook_secret:
+        # `deskroute install jira` registers the webhook with this same secret.
+        settings.jira_webhook_secret = local_secret(settings, "jira-webhook-secret")
 
     app = Flask(__name__)
     # Intake reads the body itself and enforces the limit with a JSON 413.

@@ -2,7 +2,7 @@
 policy runs.
 
 :class:`Enricher` is built once by the app factory and called by the pipeline for every new
-ticket. It asks Salesforce (account, entitlements, contracts, renewal, open cases) and the
+ticket. It queries Salesforce (account, entitlements, contracts, renewal, open cases) and the
 configured ERP (invoices, holds, contracts, projects) and returns one
 :class:`AccountContext`. Every lookup runs under a deadline, answers are cached per account
 for ``enrichment_cache_seconds``, and each source has a circuit breaker. A failed source
@@ -89,7 +89,7 @@ class Project:
 
 @dataclass
 class FieldSource:
-    """Where one context field came from and when it was read (UTC, ISO 8601)."""
+    """The source of one context field and the time it was read (UTC, ISO 8601)."""
 
     source: str
     at: str
@@ -97,7 +97,7 @@ class FieldSource:
 
 @dataclass
 class AccountContext:
-    """Everything known about the ticket's account. ``None`` means no source said."""
+    """Everything known about the ticket's account. ``None`` means no source gave a value."""
 
     account_id: str | None = None
     account_name: str | None = None
@@ -285,13 +285,13 @@ def _record(cls, data: dict[str, Any]):
 
 @dataclass
 class AccountHints:
-    """What a ticket says about its account, used to find it in Salesforce and the ERP."""
+    """The account details a ticket carries, used to find it in Salesforce and the ERP."""
 
     organization_external_id: str | None = None
     organization_name: str | None = None
     email: str | None = None
     domain: str | None = None
-    # Filled from Salesforce when an Account field holds the ERP customer id.
+    # Filled from Salesforce when an Account field contains the ERP customer id.
     erp_customer_id: str | None = None
     account_name: str | None = None
 

@@ -138,7 +138,9 @@ class Pipeline:
                 {"rule": "mode", "detail": f"no {event.helpdesk} credentials: shadow mode"}
             )
         queue = self.state.policy.queues.get(decision.queue)
-        target = queue.targets.get(event.helpdesk) if queue else None
+        target = _target_value(
+            connector, queue.targets.get(event.helpdesk) if queue else None, ticket
+        )
         timings["policy_ms"] = _ms(step_started)
 
         decision_id = store.add_decision(
@@ -152,7 +154,7 @@ class Pipeline:
             action=decision.action,
             confidence=prediction.confidence,
             prediction=prediction.to_dict(),
-            decision={**decision.to_dict(), "target": routing_value(target)},
+            decision={**decision.to_dict(), "target": target},
             account=account.to_dict() if account is not None else None,
             status="recorded",
             timings=timings,
@@ -166,7 +168,7 @@ class Pipeline:
         request = _writeback_dict(writeback)
         store.update_decision(
             decision_id,
-            decision={**decision.to_dict(), "target": routing_value(target)},
+            decision={**decision.to_dict(), "target": target},
             writeback_request=request,
             status="recorded" if writeback is not None else "skipped",
         )
@@ -279,6 +281,19 @@ class Pipeline:
                 decision["id"],
             )
         return DONE
+
+
+def _target_value(connector, target: Any, ticket: Ticket) -> str | None:
+    """Return the routing field's value once ``target`` is applied, as feedback compares it.
+
+    A connector whose targets depend on the ticket (Jira, per project) computes it itself.
+    """
+    if target is None:
+        return None
+    if connector is not None and hasattr(connector, "routing_value"):
+        value = connector.routing_value(target, ticket)
+        return None if value is None else str(value)
+    return routing_value(target)
 
 
 def _ms(started: float) -> float:

@@ -144,7 +144,19 @@ class Policy:
                 f"{self.source}: defaults.priority {self.default_priority!r} "
                 f"is not one of {PRIORITIES}"
             )
+        from connectors.jira import JiraOptions, validate_routing
+
+        try:
+            jira_options = JiraOptions.from_table(self.helpdesk_options.get("jira"))
+        except ValueError as exc:
+            raise PolicyError(f"{self.source}: jira: {exc}") from None
         for queue in self.queues.values():
+            jira = queue.targets.get("jira")
+            if jira is not None:
+                try:
+                    validate_routing(jira, jira_options)
+                except ValueError as exc:
+                    raise PolicyError(f"{self.source}: queues.{queue.name}.jira: {exc}") from None
             if queue.priority is not None and queue.priority not in PRIORITIES:
                 raise PolicyError(
                     f"{self.source}: queues.{queue.name}.priority {queue.priority!r} "
@@ -164,11 +176,18 @@ class Policy:
 
     def check_labels(self, labels: list[str]) -> list[str]:
         """Return warnings for queues the model predicts that the policy does not map."""
-        return [
+        warnings = [
             f"model queue {label!r} has no [queues.{label}] table: it is suggested, never routed"
             for label in labels
             if label not in self.queues
         ]
+        warnings += [
+            f"[queues.{name}] names no queue of the model: it applies only when a rule "
+            "forces that queue"
+            for name in self.queues
+            if name not in labels
+        ]
+        return warnings
 
     def decide(self, ticket, prediction, account=None, own_tag: str = "deskroute") -> Decision:
         """Turn a prediction (and account context, when there is one) into a decision."""

@@ -141,7 +141,7 @@ def describe_condition_error(text: str, exc: rule_engine.errors.EngineError) -> 
 
 @dataclass
 class RuleOutcome:
-    """A rule that fired and the actions it asks for, in the shape the policy reads."""
+    """A rule that fired and the actions it requests, in the shape the policy reads."""
 
     name: str
     actions: dict[str, Any]

@@ -286,7 +286,7 @@ def wait_for_health(port: int, process, log_path: Path, timeout: float = 60.0) -
 class ServeProcess:
     """``deskroute serve`` with its own data folder, secrets and log file."""
 
-    def __init__(self, data_dir: Path, *, workers: int, threads: int):
+    def __init__(self, data_dir: Path, *, workers: int, threads: int, run_worker: bool = True):
         self.data_dir = data_dir
         self.port = free_port()
         self.secret = secrets.token_urlsafe(32)
@@ -298,6 +298,7 @@ class ServeProcess:
                 "DESKROUTE_DATA_DIR": str(data_dir),
                 "DESKROUTE_ZENDESK_WEBHOOK_SECRET": self.secret,
                 "DESKROUTE_API_TOKEN": secrets.token_urlsafe(32),
+                "DESKROUTE_RUN_WORKER": "true" if run_worker else "false",
             }
         )
         self.log_path = data_dir / "serve.log"
@@ -333,9 +334,11 @@ class ServeProcess:
         return stored, processed
 
 
-def bench_acceptance(args, texts: list[str], workers: int) -> LoadResult:
+def bench_acceptance(args, texts: list[str], workers: int, run_worker: bool = True) -> LoadResult:
     with tempfile.TemporaryDirectory(prefix="deskroute-bench-") as folder:
-        server = ServeProcess(Path(folder), workers=workers, threads=args.threads)
+        server = ServeProcess(
+            Path(folder), workers=workers, threads=args.threads, run_worker=run_worker
+        )
         try:
             # Warm-up: imports, connections and the first SQLite pages, not measured.
             warmup = build_deliveries(server.secret, texts, args.warmup, 1_000_000)
@@ -356,7 +359,8 @@ def bench_acceptance(args, texts: list[str], workers: int) -> LoadResult:
                 connections=args.connections,
                 processes=args.clients,
                 max_seconds=args.max_seconds,
-                label=f"{workers} x {args.threads} threads",
+                label=f"{workers} x {args.threads} threads"
+                + ("" if run_worker else ", worker off"),
             )
             stored, processed = server.counts()
             result.stored = stored - args.warmup
@@ -779,6 +783,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--writeback-gap", type=float, default=0.02, help="seconds between write-back tickets"
     )
+    parser.add_argument(
+        "--worker-off-run",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the first configuration with the pipeline worker turned off",
+    )
     parser.add_argument("--skip-acceptance", action="store_true", help="skip part 1")
     parser.add_argument("--skip-writeback", action="store_true", help="skip part 2")
     args = parser.parse_args(argv)
@@ -814,6 +824,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if not args.skip_acceptance:
         results = [bench_acceptance(args, texts, workers) for workers in args.worker_counts]
+        if args.worker_off_run:
+            results.append(bench_acceptance(args, texts, args.worker_counts[0], run_worker=False))
         report_acceptance(results, args)
     if not args.skip_writeback:
         report_writeback(bench_writeback(args, texts), args)

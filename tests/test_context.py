@@ -351,7 +351,7 @@ def test_breaker_opens_and_closes():
         assert enrich.enrich(ticket()).failures[0]["error"].startswith("ConnectorUnavailable")
     assert source.calls == 3
 
-    # Open: no call goes out and the reason says when the next try is.
+    # Open: no call goes out and the reason gives the time of the next try.
     context = enrich.enrich(ticket())
     assert source.calls == 3
     assert context.failures == [

@@ -232,3 +232,39 @@ def test_shadow_mode_writes_nothing(tmp_path, classifier):
     assert decision["queue"] == "Access"
     assert decision["status"] == "skipped"
     assert decision["writeback_request"] is None
+
+
+def test_agent_changes_become_feedback(auto_app):
+    client = auto_app.test_client()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock_fetch(mock)
+        mock_read(mock)
+        mock_request_types(mock)
+        mock.put(ISSUE_SELF, status=204)
+        mock.get(ISSUE_SELF, json=load_fixture("jira/issue.json"))
+        mock_comment(mock)
+        post_created(client)
+        auto_app.extensions["deskroute"].worker.drain()
+
+    # An agent raises the priority to High and moves the issue to another request type.
+    body = json.dumps(load_fixture("jira/issue_updated.json")).encode()
+    response = client.post(
+        "/webhooks/jira",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Hub-Signature": sign(JIRA_SECRET, body),
+            "X-Atlassian-Webhook-Identifier": "e2e-update-1",
+        },
+    )
+    assert response.status_code == 202
+    assert auto_app.extensions["deskroute"].worker.drain() == 1
+
+    store = auto_app.extensions["deskroute"].store
+    feedback = {row["field"]: row for row in store.feedback_for_ticket("jira", "ITSD-42")}
+    assert feedback["priority"]["verdict"] == "accept"
+    assert feedback["priority"]["chosen"] == "high"
+    assert feedback["group"]["verdict"] == "override"
+    assert feedback["group"]["chosen"] == "Request new software"
+    assert feedback["group"]["actor"] == "712020:3b9d6f40-1e2c-4a7b-8c0d-5f6e7a8b9c01"
+    assert store.overridden_fields("jira", "ITSD-42") == {"group"}

@@ -122,15 +122,19 @@ def test_missing_signature_rejected(client):
     assert error_of(response)["code"] == "missing_signature"
 
 
-def test_signature_without_configured_secret(tmp_path, classifier):
-    app = create_app(make_settings(tmp_path), classifier=classifier)
+def test_generated_secret_rejects_other_signatures(tmp_path, classifier):
+    # Without DESKROUTE_JIRA_WEBHOOK_SECRET the app generates one in the data folder, the
+    # one `deskroute install jira` registers, so a request signed otherwise is rejected.
+    settings = make_settings(tmp_path)
+    app = create_app(settings, classifier=classifier)
     try:
         response = post_signed(app.test_client(), load_fixture("jira/issue_created.json"))
     finally:
         app.extensions["deskroute"].store.dispose()
 
     assert response.status_code == 401
-    assert "DESKROUTE_JIRA_WEBHOOK_SECRET" in error_of(response)["message"]
+    assert error_of(response)["code"] == "invalid_signature"
+    assert (tmp_path / "data" / "jira-webhook-secret").exists()
 
 
 def test_automation_secret_and_adf_description(jira_app, client):

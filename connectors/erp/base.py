@@ -1,7 +1,7 @@
 """The read-only interface every ERP connector implements, and the OAuth token cache they share.
 
 An ERP connector answers two questions for :class:`plugin.context.Enricher`: which customer
-a ticket's account is (:meth:`ErpConnector.find_customer`), and what the ERP knows about
+a ticket's account is (:meth:`ErpConnector.find_customer`), and what the ERP records about
 that customer (:meth:`ErpConnector.account_facts`): overdue and disputed invoices, billing
 and provisioning holds, contracts and projects. Nothing here writes to the ERP.
 """
@@ -91,12 +91,12 @@ def token_from_response(source: str, response) -> tuple[str, float]:
         body = response.json()
     except ValueError:
         raise ConnectorBadRequest(
-            f"{source} token endpoint answered with a body that is not JSON", source=source
+            f"{source} token endpoint returned a body that is not JSON", source=source
         ) from None
     token = body.get("access_token")
     if not token:
         raise ConnectorUnauthorized(
-            f"{source} token endpoint answered without an access_token", source=source
+            f"{source} token endpoint returned no access_token", source=source
         )
     try:
         expires_in = float(body.get("expires_in", 3600))

@@ -49,7 +49,7 @@ NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # A relative API path such as "api/contoso/projects/v1.0/companies({company})/projects".
 API_PATH = re.compile(r"^[A-Za-z0-9_./(){}-]+$")
 FREE_MAIL_DOMAINS = ("gmail.com", "outlook.com", "hotmail.com", "yahoo.com", "icloud.com")
-# Values of the customer's "blocked" field and the holds they mean.
+# Values of the customer's "blocked" field that mean a billing or a provisioning hold.
 BILLING_BLOCKS = ("Invoice", "All")
 PROVISIONING_BLOCKS = ("Ship", "All")
 
@@ -184,8 +184,8 @@ class BusinessCentralConnector(ErpConnector):
         except requests.RequestException as exc:
             raise map_requests_error(SOURCE, exc) from exc
         if response.status_code != 200:
-            # Entra answers a wrong secret with 401 invalid_client and a wrong tenant
-            # with 400; both are credential problems of this configuration.
+            # Entra returns 401 invalid_client for a wrong secret and 400 (AADSTS90002)
+            # for an unknown tenant. Both are credential errors of this configuration.
             status = 401 if response.status_code == 400 else response.status_code
             raise error_for_status(
                 SOURCE,
@@ -201,7 +201,7 @@ class BusinessCentralConnector(ErpConnector):
             body = response.json()
         except ValueError:
             raise ConnectorBadRequest(
-                f"businesscentral answered {path} with a body that is not JSON", source=SOURCE
+                f"businesscentral returned a body that is not JSON for {path}", source=SOURCE
             ) from None
         if "value" in body:
             return list(body["value"])

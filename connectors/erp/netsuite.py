@@ -8,7 +8,7 @@ record: header ``kid`` is the certificate id, ``alg`` PS256; claims ``iss`` (cli
 
 Queries go to ``POST /services/rest/query/v1/suiteql`` with ``Prefer: transient`` and a
 body ``{"q": "..."}``; rows come back in ``items``. Dates are selected with ``TO_CHAR`` so
-that the answer does not depend on the integration user's date format preference.
+that the result does not depend on the integration user's date format preference.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class NetSuiteOptions:
     """Options from the policy file's ``[netsuite]`` table.
 
     ``match_field`` is the customer column compared with the ERP customer id that
-    Salesforce holds (or the help desk organization's external id). The ``*_field``
+    Salesforce stores (or the help desk organization's external id). The ``*_field``
     options name custom fields (``custbody_...``, ``custentity_...``); left unset, the
     fact they carry stays empty. ``contracts_table`` names the record that holds
     contracts, for example ``subscription`` with SuiteBilling.
@@ -233,11 +233,11 @@ class NetSuiteConnector(ErpConnector):
             body = response.json()
         except ValueError:
             raise ConnectorBadRequest(
-                "netsuite answered a SuiteQL query with a body that is not JSON", source=SOURCE
+                "netsuite returned a SuiteQL result that is not JSON", source=SOURCE
             ) from None
         if body.get("hasMore"):
-            # NOTE: one page is enough for one customer's open invoices and projects; a
-            # customer with more than 1000 of either is summarised from the first 1000.
+            # NOTE: one page is read, because one customer rarely has more than 1000 open
+            # invoices or projects. Such a customer is summarised from the first 1000.
             log.warning(
                 "netsuite: SuiteQL result has more than %d rows, first page used", PAGE_SIZE
             )
