@@ -4,8 +4,8 @@ Every connector maps what its transport raises onto this tree, with ``raise ... 
 the original error stays attached::
 
     ConnectorError
-    ├── ConnectorTimeout        the outside system did not answer in time
-    ├── ConnectorUnavailable    connection refused, DNS failure or a 5xx answer
+    ├── ConnectorTimeout        the outside system did not respond in time
+    ├── ConnectorUnavailable    connection refused, DNS failure or a 5xx response
     ├── ConnectorUnauthorized   401 or 403: credentials missing, wrong or lacking a scope
     ├── ConnectorNotFound       404: the ticket, account or record does not exist
     ├── ConnectorRateLimited    429: carries ``retry_after`` in seconds
@@ -110,13 +110,13 @@ def error_for_status(source: str, status: int, message: str, headers: Any = None
 def map_requests_error(source: str, exc: requests.RequestException) -> ConnectorError:
     """Map a ``requests`` transport error onto the connector error tree."""
     if isinstance(exc, requests.Timeout):
-        return ConnectorTimeout(f"{source} did not answer in time: {exc}", source=source)
+        return ConnectorTimeout(f"{source} did not respond in time: {exc}", source=source)
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         response = exc.response
         return error_for_status(
             source,
             response.status_code,
-            f"{source} answered {response.status_code} for {response.request.method} "
+            f"{source} returned {response.status_code} for {response.request.method} "
             f"{_path(response.url)}",
             response.headers,
         )
@@ -135,8 +135,8 @@ def _path(url: str | None) -> str:
 class HTTPClient:
     """Base for connectors that speak plain REST: one session, a default timeout, typed errors.
 
-    Subclasses call :meth:`request` with a path relative to ``base_url``; any transport
-    error or non-2xx answer comes back as a :class:`ConnectorError`.
+    Subclasses call :meth:`request` with a path relative to ``base_url``. Any transport
+    error or non-2xx response is raised as a :class:`ConnectorError`.
     """
 
     source = "http"
@@ -159,7 +159,7 @@ class HTTPClient:
 
 @dataclass
 class WriteBack:
-    """What the pipeline asks a help desk to change on one ticket.
+    """The changes the pipeline requests on one help desk ticket.
 
     ``group`` is the help desk's routing target for the queue (a Zendesk group id, a Jira
     field value); ``None`` leaves routing alone. ``note`` is posted as an internal note,
@@ -181,7 +181,7 @@ class WriteBack:
 
 @dataclass
 class WriteBackResult:
-    """What was sent and what came back, for the decision log."""
+    """The requests sent and their outcome, for the decision log."""
 
     ok: bool
     requests: list[dict[str, Any]] = field(default_factory=list)

@@ -203,7 +203,9 @@ def map_salesforce_error(exc: Exception) -> ConnectorError:
     detail = _error_code(exc.content)
     message = f"salesforce answered {status} for {exc.resource_name}: {detail}"
     if isinstance(exc, SalesforceExpiredSession | SalesforceRefusedRequest):
-        if detail == "REQUEST_LIMIT_EXCEEDED":
+        if detail.startswith("REQUEST_LIMIT_EXCEEDED"):
+            # The org's rolling 24-hour API limit; Salesforce sends no Retry-After, so the
+            # 60 s here is a guess at when to look again.
             return ConnectorRateLimited(message, source=SOURCE, status=status, retry_after=60.0)
         return ConnectorUnauthorized(message, source=SOURCE, status=status)
     if isinstance(exc, SalesforceResourceNotFound):

@@ -1,4 +1,4 @@
-"""The decisions API: what the side panels and reports read, and where analysts answer.
+"""The decisions API: read by the side panels and reports, and where analysts give feedback.
 
 Every route needs ``Authorization: Bearer <DESKROUTE_API_TOKEN>``.
 """

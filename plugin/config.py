@@ -201,7 +201,7 @@ def load_settings(
 ) -> Settings:
     """Build settings from defaults, then ``config_file``, then the environment, then overrides.
 
-    The TOML file holds the same names as the fields, at the top level or under a
+    The TOML file uses the same names as the fields, at the top level or under a
     ``[deskroute]`` table. Unknown names are errors, so a typo does not pass silently.
     """
     environ = os.environ if environ is None else environ

@@ -1,8 +1,8 @@
 """What every help desk's webhook blueprint shares: body limits, validation, durable accept.
 
 A blueprint verifies its own signature, validates with its own schema and maps the
-payload to a :class:`plugin.tickets.TicketEvent`; :func:`accept` then stores it and
-answers. Nothing slow happens before the answer: the pipeline runs later, from the store.
+payload to a :class:`plugin.tickets.TicketEvent`. :func:`accept` then stores it and
+returns the response. Nothing slow happens before the answer: the pipeline runs later, from the store.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _first_error(messages: Any, prefix: str = "") -> tuple[str, str]:
 
 
 def ignore(helpdesk: str, delivery_id: str | None, event_type: str, reason: str):
-    """Answer 200 for a delivery deskroute skips on purpose, so the sender does not retry."""
+    """Return 200 for a delivery deskroute skips on purpose, so the sender does not retry."""
     unsupported_log.info(
         "ignored %s delivery %s: event %s, %s", helpdesk, delivery_id, event_type, reason
     )
@@ -81,7 +81,7 @@ def ignore(helpdesk: str, delivery_id: str | None, event_type: str, reason: str)
 
 
 def accept(event: TicketEvent):
-    """Store the event durably, wake the worker and answer 202 (200 for a known delivery)."""
+    """Store the event durably, wake the worker and return 202 (200 for a known delivery)."""
     app_state = state()
     row_id, created = app_state.store.add_delivery(event.to_dict())
     if not created:

@@ -25,7 +25,7 @@ FEEDBACK_FIELDS = ("group", "priority")
 
 
 class StepFailed(Exception):
-    """A pipeline step failed; ``transient`` says whether a later attempt can succeed."""
+    """A failed pipeline step. ``transient`` is true when a later attempt can succeed."""
 
     def __init__(
         self, step: str, message: str, *, transient: bool, retry_after: float | None = None

@@ -15,8 +15,8 @@ The policy file is TOML::
     group_id = 360000000001
     [[rules]]                        # account rules, see plugin/rules.py
 
-Prediction and action stay apart: the model says what the ticket is, the policy says what
-may happen automatically, and every decision lists the reasons behind it.
+Prediction and action stay apart. The model predicts what the ticket is, the policy decides
+what may happen automatically, and every decision lists the reasons behind it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 
 from connectors.base import WriteBack
 from plugin.config import MODES
+from plugin.context import check_enrichment_options
 from plugin.rules import PolicyError, RuleOutcome, RuleSet
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ NEEDS_CONFIRMATION = "needs_confirmation"
 ESCALATE = "escalate"
 ACTIONS = (AUTO_ROUTE, NEEDS_CONFIRMATION, ESCALATE)
 HELPDESK_TABLES = ("zendesk", "jira")
+# Tables read by the account context sources (plugin/context.py).
+ENRICHMENT_TABLES = ("salesforce", "netsuite", "businesscentral", "enrichment")
 
 
 def highest_priority(*values: str | None) -> str | None:
@@ -134,9 +137,14 @@ class Policy:
         """Raise :class:`PolicyError` naming the first invalid entry."""
         known = {"mode", "defaults", "queues", "rules", "escalation", "clustering"}
         known.update(HELPDESK_TABLES)
+        known.update(ENRICHMENT_TABLES)
         for key in self.document:
             if key not in known:
                 raise PolicyError(f"{self.source}: unknown top-level key {key!r}")
+        try:
+            check_enrichment_options(self.document)
+        except ValueError as exc:
+            raise PolicyError(f"{self.source}: {exc}") from None
         if self.mode not in MODES:
             raise PolicyError(f"{self.source}: mode {self.mode!r} is not one of {MODES}")
         if self.default_priority not in PRIORITIES:
@@ -193,18 +201,20 @@ class Policy:
         """Turn a prediction (and account context, when there is one) into a decision."""
         reasons: list[dict[str, str]] = []
         action = AUTO_ROUTE
+        # A low-confidence prediction blocks auto-routing unless a rule forces the queue.
+        model_blocks = False
         queue_name = prediction.queue
         alternatives = [tuple(item) for item in prediction.alternatives]
 
         detail = f"predicted {prediction.queue} with confidence {prediction.confidence:.2f}"
         if prediction.threshold is None:
             reasons.append(_reason("model", detail + ", a queue without a safe threshold"))
-            action = NEEDS_CONFIRMATION
+            model_blocks = True
         elif prediction.confidence < prediction.threshold:
             reasons.append(
                 _reason("model", detail + f", below the threshold {prediction.threshold:.2f}")
             )
-            action = NEEDS_CONFIRMATION
+            model_blocks = True
         else:
             reasons.append(
                 _reason("model", detail + f", at or above the threshold {prediction.threshold:.2f}")
@@ -249,6 +259,10 @@ class Policy:
                 escalate = True
             if actions.get("require_confirmation") and action == AUTO_ROUTE:
                 action = NEEDS_CONFIRMATION
+
+        forced = any(outcome.actions.get("force_queue") for outcome in outcomes)
+        if model_blocks and not forced:
+            action = NEEDS_CONFIRMATION
 
         sla_priority = getattr(account, "sla_priority", None)
         if sla_priority:

@@ -128,7 +128,7 @@ class _HTTPTarget:
             timeout=10,
         )
         if response.status_code != 200:
-            raise ReplayError(f"decisions API answered {response.status_code}: {response.text}")
+            raise ReplayError(f"decisions API returned {response.status_code}: {response.text}")
         return response.json()
 
 
@@ -210,8 +210,8 @@ def run_replay(
         else:
             report.rejected[status] = report.rejected.get(status, 0) + 1
 
-    # Decisions are read in pages after the last one that existed before sending, and
-    # matched to this run's tickets; the wait ends after ``timeout`` s without a new one.
+    # Decisions are read in pages, starting after the last one that existed before sending,
+    # and matched to this run's tickets. The wait ends after ``timeout`` s without a new one.
     pending = {ticket_id: (label, sent_at) for ticket_id, label, sent_at in sent}
     after = start_after
     idle_since = time.monotonic()

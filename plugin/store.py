@@ -2,8 +2,8 @@
 
 SQLite is the embedded default and PostgreSQL the production database; both run the same
 statements. A delivery is claimed by one worker at a time with a lease, so several app
-processes can share one database, and a worker that died mid-delivery is replaced once its
-lease runs out (or at once, when its process is known to be gone).
+processes can share one database. When a worker dies mid-delivery, another claims the
+delivery once the lease runs out, or at once when the dead process is on the same host.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def _process_alive(pid: int) -> bool:
 
 @dataclass
 class Delivery:
-    """A stored delivery as the worker sees it."""
+    """A stored delivery, as the worker reads it."""
 
     id: int
     helpdesk: str

@@ -15,7 +15,7 @@ from plugin.store import FAILED, Delivery
 
 log = logging.getLogger(__name__)
 
-# Longest wait between two attempts of one delivery, in seconds.
+# Maximum wait between two attempts of one delivery, in seconds.
 MAX_BACKOFF_SECONDS = 300.0
 
 

@@ -204,6 +204,9 @@ class LoadResult:
     achieved_rate: float = 0.0
     stored: int | None = None
     processed: int | None = None
+    log_problems: dict[str, int] = field(default_factory=dict)
+    # CPU time the server's processes used during the measured run.
+    cpu_seconds: float = 0.0
 
 
 def run_load(
@@ -324,6 +327,32 @@ class ServeProcess:
                 self.process.wait(10)
         self.log.close()
 
+    def cpu_seconds(self) -> float:
+        """Return the CPU time (user + system) used so far by the server's processes."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # The command name is in brackets and may contain spaces: split after it.
+            fields = stat.rpartition(")")[2].split()
+            if int(fields[2]) == self.process.pid:
+                total += int(fields[11]) + int(fields[12])
+        return total / ticks
+
+    def log_problems(self) -> dict[str, int]:
+        """Count the server's error and warning lines, and SQLite lock errors among them."""
+        text = self.log_path.read_text(errors="replace")
+        return {
+            "ERROR lines": len(re.findall(r" ERROR ", text)),
+            "WARNING lines": len(re.findall(r" WARNING ", text)),
+            "database is locked": text.count("database is locked"),
+        }
+
     def counts(self) -> tuple[int, int]:
         """Return the stored deliveries and those the worker finished, from the database."""
         with sqlite3.connect(self.data_dir / "deskroute.sqlite3") as conn:
@@ -352,6 +381,7 @@ def bench_acceptance(args, texts: list[str], workers: int, run_worker: bool = Tr
                 label="warm-up",
             )
             deliveries = build_deliveries(server.secret, texts, args.count, 2_000_000)
+            cpu_before = server.cpu_seconds()
             result = run_load(
                 server.port,
                 deliveries,
@@ -362,7 +392,9 @@ def bench_acceptance(args, texts: list[str], workers: int, run_worker: bool = Tr
                 label=f"{workers} x {args.threads} threads"
                 + ("" if run_worker else ", worker off"),
             )
+            result.cpu_seconds = server.cpu_seconds() - cpu_before
             stored, processed = server.counts()
+            result.log_problems = server.log_problems()
             result.stored = stored - args.warmup
             result.processed = max(0, processed - args.warmup)
         finally:
@@ -692,6 +724,7 @@ def report_acceptance(results: list[LoadResult], args) -> None:
     )
     headers = ["workers x threads", "accepted", "errors", "deliveries/s"]
     headers += ["p50", "p90", "p99", "max", "p99 from schedule", "stored", "processed"]
+    headers += ["server CPU ms/delivery"]
     rows = []
     for result in results:
         service = summarise(result.service_ms)
@@ -710,6 +743,7 @@ def report_acceptance(results: list[LoadResult], args) -> None:
                 fmt(scheduled["p99"]),
                 str(result.stored),
                 str(result.processed),
+                f"{result.cpu_seconds * 1000 / result.accepted:.2f}" if result.accepted else "n/a",
             ]
         )
     print_table(headers, rows)
@@ -717,6 +751,10 @@ def report_acceptance(results: list[LoadResult], args) -> None:
         if result.errors:
             detail = ", ".join(f"{key}: {value}" for key, value in sorted(result.errors.items()))
             print(f"errors with {result.label}: {detail}")
+        problems = {key: value for key, value in result.log_problems.items() if value}
+        if problems:
+            detail = ", ".join(f"{key}: {value}" for key, value in problems.items())
+            print(f"server log with {result.label}: {detail}")
     if len(results) == 2 and results[0].service_ms and results[1].service_ms:
         first, second = summarise(results[0].service_ms), summarise(results[1].service_ms)
         print(

@@ -269,7 +269,7 @@ def test_erp_timeout_degrades():
     assert context.failures == [
         {
             "source": "businesscentral",
-            "error": "ConnectorTimeout: businesscentral did not answer in time: no answer",
+            "error": "ConnectorTimeout: businesscentral did not respond in time: no answer",
         }
     ]
 

@@ -15,6 +15,7 @@ from responses import matchers
 
 from connectors.base import (
     ConnectorNotFound,
+    ConnectorRateLimited,
     ConnectorTimeout,
     ConnectorUnauthorized,
     ConnectorUnavailable,
@@ -242,6 +243,22 @@ def test_api_errors_are_typed(status, body, error):
             bc.account_facts(CUSTOMER, TODAY)
     assert caught.value.source == "businesscentral"
     assert caught.value.status == status
+
+
+def test_throttling_is_rate_limited():
+    bc = connector()
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        add_token(rsps)
+        rsps.add(
+            responses.GET,
+            f"{COMPANY_URL}/customers({CUSTOMER})",
+            json=fixture("error__throttled.json"),
+            status=429,
+            headers={"Retry-After": "30"},
+        )
+        with pytest.raises(ConnectorRateLimited) as caught:
+            bc.account_facts(CUSTOMER, TODAY)
+    assert caught.value.retry_after == 30.0
 
 
 def test_api_timeout_is_connector_timeout():

@@ -18,6 +18,7 @@ from responses import matchers
 
 from connectors.base import (
     ConnectorNotFound,
+    ConnectorRateLimited,
     ConnectorTimeout,
     ConnectorUnauthorized,
     ConnectorUnavailable,
@@ -298,6 +299,21 @@ def test_suiteql_errors_are_typed(connector, status, body, error):
             connector.suiteql("SELECT id FROM customer WHERE id = 1")
     assert caught.value.source == "netsuite"
     assert caught.value.status == status
+
+
+def test_concurrency_limit_is_rate_limited(connector):
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        add_token(rsps)
+        rsps.add(
+            responses.POST,
+            SUITEQL_URL,
+            json=fixture("error__concurrency.json"),
+            status=429,
+            headers={"Retry-After": "5"},
+        )
+        with pytest.raises(ConnectorRateLimited) as caught:
+            connector.suiteql("SELECT id FROM customer WHERE id = 1")
+    assert caught.value.retry_after == 5.0
 
 
 def test_suiteql_timeout_is_connector_timeout(connector):

@@ -304,3 +304,8 @@ def test_combine_merges_actions():
         "require_confirmation": True,
         "notes": ["see renewal"],
     }
+
+
+def test_describe_joins_condition_lines():
+    outcome = RuleOutcome("r", {"tags": ["a"]}, "account.tier == 'Premium'\n  and true")
+    assert outcome.describe() == "matched account.tier == 'Premium' and true: tags a"

@@ -19,6 +19,7 @@ from responses import matchers
 from connectors.base import (
     ConnectorBadRequest,
     ConnectorNotFound,
+    ConnectorRateLimited,
     ConnectorTimeout,
     ConnectorUnauthorized,
     ConnectorUnavailable,
@@ -460,6 +461,16 @@ def test_query_errors_are_typed(status, body, error):
     assert caught.value.status == status
     assert fixture(body)[0]["errorCode"] in caught.value.message
     assert "SessionFromSettings" not in caught.value.message
+
+
+def test_request_limit_is_rate_limited():
+    connector = session_connector()
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        add_query(rsps, fixture("error__request_limit.json"), status=403)
+        with pytest.raises(ConnectorRateLimited) as caught:
+            connector.records("SELECT Id FROM Account LIMIT 1")
+    assert caught.value.retry_after == 60.0
+    assert "REQUEST_LIMIT_EXCEEDED" in caught.value.message
 
 
 def test_query_timeout_is_connector_timeout():

@@ -61,14 +61,14 @@ class Server:
     def post(self, payload: dict, **kwargs) -> requests.Response:
         body = json.dumps(payload).encode()
         headers = zendesk_headers(body, secret=self.secret("zendesk-webhook-secret"), **kwargs)
-        return requests.post(f"{self.url}/webhooks/zendesk", data=body, headers=headers, timeout=5)
+        return requests.post(f"{self.url}/webhooks/zendesk", data=body, headers=headers, timeout=30)
 
     def decisions(self, ticket_id: str) -> list[dict]:
         response = requests.get(
             f"{self.url}/api/decisions",
             params={"helpdesk": "zendesk", "ticket_id": ticket_id},
             headers={"Authorization": f"Bearer {self.secret('api-token')}"},
-            timeout=5,
+            timeout=30,
         )
         assert response.status_code == 200, response.text
         return response.json()["decisions"]

@@ -346,7 +346,7 @@ def _ticket_from_detail(detail: dict[str, Any]) -> Ticket:
 def _receive_trigger(payload: dict[str, Any], invocation_id: str | None, body: bytes):
     data = intake.validate(trigger_schema, payload)
     ticket_data = data.get("ticket") or {"id": data["ticket_id"]}
-    # A trigger body has no event id of its own; without the invocation header the body's
+    # A trigger body has no event id of its own. Without the invocation header the body's
     # digest identifies it, so an identical retried body is still recognised.
     delivery_id = invocation_id or "sha256:" + hashlib.sha256(body).hexdigest()
     email = ticket_data.get("requester_email")
@@ -413,8 +413,8 @@ def _accept_unless_own(event: TicketEvent):
         and own_tag in event.ticket.tags
         and not event.actor_id
     ):
-        # A trigger that fires on updates sees deskroute's tag after its own write-back;
-        # without an actor in the body that update cannot be told apart from a human one.
+        # A trigger that fires on updates finds deskroute's tag after its own write-back.
+        # Without an actor in the body, that update cannot be distinguished from a human one.
         return intake.ignore(
             HELPDESK, event.delivery_id, "trigger", f"ticket already carries tag {own_tag}"
         )

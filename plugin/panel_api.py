@@ -1,0 +1,44 @@
+"""Read-only routes the help desk side panels call besides the decisions API.
+
+The Zendesk sidebar's Override control lists the policy's queues with the value each one
+routes to, so the agent's choice can be recorded and applied as a group id. Every route
+needs ``Authorization: Bearer <DESKROUTE_API_TOKEN>``, like the decisions API.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from marshmallow import Schema, fields, validate
+
+from plugin import intake
+from plugin.api import require_token
+from plugin.pipeline import routing_value
+from plugin.policy import HELPDESK_TABLES
+
+bp = Blueprint("panel_api", __name__)
+
+
+class QueueQuery(Schema):
+    helpdesk = fields.String(required=True, validate=validate.OneOf(HELPDESK_TABLES))
+
+
+@bp.get("/queues")
+@require_token
+def list_queues():
+    """List the policy's queues in file order with their routing target on one help desk.
+
+    ``target`` is the value the decisions API reports as ``decision.target`` (a Zendesk
+    group id as a string), or ``None`` for a queue with no target on that help desk.
+    """
+    helpdesk = intake.validate(QueueQuery(), request.args.to_dict())["helpdesk"]
+    policy = current_app.extensions["deskroute"].policy
+    queues = [
+        {
+            "name": queue.name,
+            "priority": queue.priority or policy.default_priority,
+            "auto": queue.auto,
+            "target": routing_value(queue.targets.get(helpdesk)),
+        }
+        for queue in policy.queues.values()
+    ]
+    return jsonify({"helpdesk": helpdesk, "queues": queues})
