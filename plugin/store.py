@@ -21,6 +21,7 @@ from sqlalchemy import (
     JSON,
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -30,7 +31,6 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
-    or_,
     select,
     update,
 )
@@ -58,7 +58,7 @@ deliveries = Table(
     Column("source_type", String(120), nullable=False),
     Column("ticket_id", String(64), nullable=False, index=True),
     Column("event", JSON, nullable=False),
-    Column("status", String(16), nullable=False, default=PENDING, index=True),
+    Column("status", String(16), nullable=False, default=PENDING),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", Float, nullable=False, default=0.0),
     Column("claimed_by", String(200)),
@@ -67,6 +67,9 @@ deliveries = Table(
     Column("received_at", Float, nullable=False),
     Column("finished_at", Float),
     UniqueConstraint("helpdesk", "delivery_id", name="uq_delivery"),
+    # The worker claims by status in arrival order, and expired leases by their end.
+    Index("ix_deliveries_status_id", "status", "id"),
+    Index("ix_deliveries_status_lease", "status", "claimed_until"),
 )
 
 delivery_failures = Table(
@@ -104,6 +107,8 @@ decisions = Table(
     # recorded, applied, skipped or failed: what became of the write-back.
     Column("status", String(16), nullable=False),
     Column("timings", JSON),
+    Index("ix_decisions_ticket", "helpdesk", "ticket_id"),
+    Index("ix_decisions_delivery", "helpdesk", "delivery_id"),
 )
 
 feedback = Table(
@@ -121,6 +126,7 @@ feedback = Table(
     Column("actor", String(200)),
     Column("source", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
+    Index("ix_feedback_ticket", "helpdesk", "ticket_id"),
 )
 
 
@@ -254,20 +260,30 @@ class Store:
     def claim_next(self) -> Delivery | None:
         """Claim the oldest delivery that is due, or whose worker's lease ran out."""
         now = self.clock()
-        due = or_(
-            (deliveries.c.status == PENDING) & (deliveries.c.next_attempt_at <= now),
-            (deliveries.c.status == PROCESSING) & (deliveries.c.claimed_until < now),
+        # Two indexed look-ups instead of one OR, which would scan the table: the oldest due
+        # pending delivery, and the oldest one whose worker's lease ran out.
+        pending = (
+            select(deliveries.c.id, deliveries.c.status, deliveries.c.claimed_by)
+            .where(deliveries.c.status == PENDING, deliveries.c.next_attempt_at <= now)
+            .order_by(deliveries.c.id)
+            .limit(1)
+        )
+        expired = (
+            select(deliveries.c.id, deliveries.c.status, deliveries.c.claimed_by)
+            .where(deliveries.c.status == PROCESSING, deliveries.c.claimed_until < now)
+            .order_by(deliveries.c.claimed_until)
+            .limit(1)
         )
         for _ in range(5):
             with self.engine.begin() as conn:
-                candidate = conn.execute(
-                    select(deliveries.c.id, deliveries.c.status, deliveries.c.claimed_by)
-                    .where(due)
-                    .order_by(deliveries.c.id)
-                    .limit(1)
-                ).first()
-                if candidate is None:
+                found = [
+                    row
+                    for row in (conn.execute(pending).first(), conn.execute(expired).first())
+                    if row is not None
+                ]
+                if not found:
                     return None
+                candidate = min(found, key=lambda row: row.id)
                 # The status and owner in the WHERE clause make the claim atomic: of two
                 # workers that read the same row, only one update matches.
                 claimed = conn.execute(

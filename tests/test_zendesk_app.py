@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,10 +18,10 @@ import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
 from werkzeug.exceptions import HTTPException
+from zaf_harness import STUB_SCRIPT, LiveServer, ZafHost
 
 from plugin import create_app, panel_api
 from plugin.context import AccountContext
-from zaf_harness import STUB_SCRIPT, LiveServer, ZafHost
 
 from conftest import API_TOKEN, bearer, load_fixture, make_settings, zendesk_headers
 
@@ -42,6 +43,11 @@ CHROMIUM_ARGS = [
 FIRST_GROUP_ID = 360000000100
 XSS_MARKUP = "<img src=x onerror=\"window.__xss = 'reason'\">"
 XSS_ACCOUNT = "<script>window.__xss = 'account'</script>Acme GmbH"
+
+
+def percent(value: float) -> str:
+    """Format a probability as panel.js does."""
+    return "<1%" if 0 < value < 0.005 else f"{round(value * 100)}%"
 
 
 def manifest() -> dict:
@@ -279,19 +285,20 @@ def browser():
 def open_panel(browser, zaf_host, live):
     contexts = []
 
-    def open_panel(ticket_id: str, api_token: str = API_TOKEN, user_id: int = 4242):
-        installation, visible = zaf_host.install(
-            {"deskroute_url": live.url, "api_token": api_token}, secure={"api_token"}
-        )
+    def open_panel(ticket_id: str, api_token=API_TOKEN, user_id=4242, deskroute_url=None):
+        settings = {"deskroute_url": deskroute_url or live.url, "api_token": api_token}
+        installation, visible = zaf_host.install(settings, secure={"api_token"})
         context = browser.new_context(viewport={"width": 340, "height": 900})
         contexts.append(context)
         context.set_default_timeout(5000)
         # Nothing may leave loopback; the CDN's SDK is answered with the stub.
         context.route(
             "**/*",
-            lambda route: route.continue_()
-            if urlsplit(route.request.url).hostname == "127.0.0.1"
-            else route.abort(),
+            lambda route: (
+                route.continue_()
+                if urlsplit(route.request.url).hostname == "127.0.0.1"
+                else route.abort()
+            ),
         )
         context.route(
             ZAF_SDK_URL,
@@ -330,22 +337,24 @@ def test_panel_shows_queue_confidence_and_reasons(live, open_panel, tmp_path):
     page = open_panel("6101")
 
     expect(page.locator('[data-field="queue"]')).to_have_text(row["queue"])
-    confidence = f"{round(row['confidence'] * 100)}%"
     threshold = row["decision"]["threshold"]
-    expect(page.locator('[data-field="confidence"]')).to_contain_text(confidence)
-    if threshold is not None:
-        expect(page.locator('[data-field="confidence"]')).to_contain_text(
-            f"threshold {round(threshold * 100)}%"
-        )
+    expect(page.locator('[data-field="confidence"]')).to_have_text(
+        f"{percent(row['confidence'])} (threshold {percent(threshold)})"
+        if threshold is not None
+        else f"{percent(row['confidence'])} (no safe threshold for this queue)"
+    )
     expect(page.locator('[data-field="priority"]')).to_have_text(row["priority"])
     expect(page.locator('[data-field="action"]')).to_have_text(f"{row['action']} (shadow mode)")
-    first_alternative = row["decision"]["alternatives"][0][0]
-    expect(page.locator('[data-field="alternatives"]')).to_contain_text(first_alternative)
+    alternatives = ", ".join(f"{q} {percent(p)}" for q, p in row["decision"]["alternatives"])
+    expect(page.locator('[data-field="alternatives"]')).to_have_text(alternatives)
     reasons = page.locator(".reasons li")
     expect(reasons).to_have_count(len(row["decision"]["reasons"]))
     expect(reasons.first).to_contain_text(row["decision"]["reasons"][0]["detail"])
     expect(page.locator(".account")).to_have_count(0)
     expect(page.locator(".feedback")).to_have_text("No answer from an agent yet.")
+    text = page.locator("main").inner_text()
+    assert "null" not in text
+    assert "undefined" not in text
     page.screenshot(path=str(tmp_path / "zendesk-panel.png"), full_page=True)
 
     calls = zaf_calls(page)
@@ -390,7 +399,9 @@ def test_accept_records_feedback_and_sets_group(live, open_panel):
     page = open_panel("6103")
     page.get_by_role("button", name="Accept").click()
 
-    expect(page.locator(".status")).to_have_text(f"Accepted: group {row['queue']} set on the ticket.")
+    expect(page.locator(".status")).to_have_text(
+        f"Accepted: group {row['queue']} set on the ticket."
+    )
     expect(page.locator(".feedback li")).to_contain_text(f"accept group: {row['queue']}")
     feedback = live.store.feedback_for_ticket("zendesk", "6103")
     assert [(item["verdict"], item["field"]) for item in feedback] == [("accept", "group")]
@@ -446,3 +457,23 @@ def test_ticket_without_decision_says_so(open_panel):
 
     expect(page.locator("main")).to_contain_text("deskroute has not decided on ticket 6199 yet.")
     expect(page.get_by_role("button", name="Refresh")).to_be_visible()
+
+
+def test_unreachable_server_shows_error(open_panel):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+    page = open_panel("6107", deskroute_url=closed_url)
+
+    expect(page.get_by_role("alert")).to_contain_text(
+        f"deskroute at {closed_url} could not be reached"
+    )
+
+
+def test_invalid_server_url_shows_error(open_panel):
+    page = open_panel("6108", deskroute_url="deskroute.example.com")
+
+    expect(page.get_by_role("alert")).to_have_text(
+        "The deskroute server URL is missing or invalid in the app's settings."
+    )

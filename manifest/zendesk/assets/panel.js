@@ -49,7 +49,9 @@
   }
 
   function percent(value) {
-    return typeof value === "number" ? `${Math.round(value * 100)}%` : "n/a";
+    if (typeof value !== "number") return "n/a";
+    if (value > 0 && value < 0.005) return "<1%";
+    return `${Math.round(value * 100)}%`;
   }
 
   function resize() {
@@ -58,7 +60,7 @@
   }
 
   function show(...nodes) {
-    root.replaceChildren(...nodes);
+    root.replaceChildren(...nodes.filter((node) => node !== null));
     resize();
   }
 
