@@ -21,6 +21,7 @@ TERMS_FILE = "terms.json"
 MAX_TERMS = 5
 # Fewer words than this leave too little for the model to go on.
 MIN_WORDS = 3
+_HAS_LETTER = re.compile(r"[^\W\d_]")
 
 
 @dataclass
@@ -41,6 +42,10 @@ class Explainer:
     def __init__(self, profile: TextProfile, weights: dict[str, dict[str, float]]):
         self.profile = profile
         self._weights = weights
+        self._bigram_starts = {
+            queue: frozenset(term.split(" ", 1)[0] for term in table if " " in term)
+            for queue, table in weights.items()
+        }
         self._token = re.compile(profile.word_pattern)
 
     @classmethod
@@ -75,28 +80,37 @@ class Explainer:
         weights = self._weights.get(queue)
         if not weights or not words:
             return []
+        starts = self._bigram_starts[queue]
         scores: dict[str, float] = {}
-        candidates = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
-        for term in candidates:
-            weight = weights.get(term)
+        last = len(words) - 1
+        for position, word in enumerate(words):
+            weight = weights.get(word)
             if weight is not None:
-                scores[term] = scores.get(term, 0.0) + weight
+                scores[word] = scores.get(word, 0.0) + weight
+            # Building the bigram string only where one can match keeps this cheap.
+            if position < last and word in starts:
+                bigram = f"{word} {words[position + 1]}"
+                weight = weights.get(bigram)
+                if weight is not None:
+                    scores[bigram] = scores.get(bigram, 0.0) + weight
         ranked = sorted(scores.items(), key=lambda item: -item[1])
         return [term for term, _ in ranked[:limit]]
 
-    def content_words(self, words: list[str]) -> list[str]:
-        """Return ``words`` without stop words.
+    def known_share(self, words: list[str]) -> tuple[float, int]:
+        """Return the share of content words found in the vocabulary, and their number.
 
-        Some training sets come with stop words removed, so the stop words of a live ticket
-        would count as unknown and flag ordinary tickets as unfamiliar.
+        Stop words are left out because some training sets come with them removed, so the
+        stop words of a live ticket would count as unknown and flag ordinary tickets.
         """
-        return [word for word in words if not signals.is_stop_word(word)]
-
-    def known_share(self, words: list[str]) -> float:
-        if not words:
-            return 0.0
         vocabulary = self.profile.vocabulary
-        return sum(word in vocabulary for word in words) / len(words)
+        content = known = 0
+        for word in words:
+            if word in vocabulary:
+                known += 1
+                content += 1
+            elif not signals.is_stop_word(word):
+                content += 1
+        return (known / content if content else 0.0), content
 
     def guards(self, normalized: str, words: list[str]) -> list[str]:
         """Return the reasons why this text is unlike the texts the model was trained on."""
@@ -112,9 +126,8 @@ class Explainer:
                 f"the model was trained on {trained}"
             )
         floor = self.profile.min_known_share
-        content = self.content_words(words)
-        if floor is not None and len(content) >= MIN_WORDS:
-            share = self.known_share(content)
+        share, content = self.known_share(words)
+        if floor is not None and content >= MIN_WORDS:
             if share < floor:
                 reasons.append(
                     f"text is unlike the training data ({share:.0%} of its words are known "
@@ -127,7 +140,10 @@ def basic_guards(normalized: str) -> list[str]:
     """Return the guards that need no model: empty and too short texts."""
     if not normalized:
         return ["text is empty"]
-    words = [word for word in normalized.split() if any(ch.isalpha() for ch in word)]
-    if len(words) < MIN_WORDS:
-        return [f"text is too short ({len(words)} words, at least {MIN_WORDS} needed)"]
-    return []
+    count = 0
+    for word in normalized.split():
+        if _HAS_LETTER.search(word):
+            count += 1
+            if count >= MIN_WORDS:
+                return []
+    return [f"text is too short ({count} words, at least {MIN_WORDS} needed)"]

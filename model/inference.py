@@ -147,8 +147,9 @@ class Classifier:
         return run_batched(self._session, normalized, batch_size)
 
     def _prediction(self, normalized: str, row: np.ndarray) -> Prediction:
-        order = np.argsort(-row, kind="stable")
-        top = int(order[0])
+        order = np.argsort(-row, kind="stable").tolist()
+        rounded = np.round(row.astype(np.float64), 6).tolist()
+        top = order[0]
         queue = self.labels[top]
 
         guards = basic_guards(normalized)
@@ -164,12 +165,8 @@ class Classifier:
             queue=queue,
             confidence=float(row[top]),
             threshold=self.thresholds.get(queue),
-            alternatives=[
-                (self.labels[int(i)], round(float(row[i]), 6)) for i in order[1 : 1 + ALTERNATIVES]
-            ],
-            probabilities={
-                label: round(float(p), 6) for label, p in zip(self.labels, row, strict=True)
-            },
+            alternatives=[(self.labels[i], rounded[i]) for i in order[1 : 1 + ALTERNATIVES]],
+            probabilities=dict(zip(self.labels, rounded, strict=True)),
             terms=terms,
             guards=guards,
             priority_signal=priority,

@@ -44,13 +44,16 @@ def run_batched(
     batch_size x features x 4 bytes of memory.
     """
     output_name = _probability_output(session)
+    if len(texts) == 1:
+        batch = np.array([[texts[0]]], dtype=object)
+        return session.run([output_name], {INPUT_NAME: batch})[0]
     parts = []
     for start in range(0, len(texts), batch_size):
         batch = np.array(texts[start : start + batch_size], dtype=object).reshape(-1, 1)
         parts.append(session.run([output_name], {INPUT_NAME: batch})[0])
     if not parts:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(parts).astype(np.float32)
+    return np.concatenate(parts)
 
 
 def _probability_output(session: onnxruntime.InferenceSession) -> str:

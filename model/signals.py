@@ -255,11 +255,12 @@ def detect_language(normalized: str) -> str | None:
             hits[language] = hits.get(language, 0) + 1
     if not hits:
         return None
-    (language, count), *rest = Counter(hits).most_common(2)
+    language = max(hits, key=hits.__getitem__)
+    count = hits.pop(language)
     if count < MIN_STOP_WORDS or count / len(words) < MIN_STOP_WORD_SHARE:
         return None
     # Two languages with about as many hits: short words such as "de" or "in" are shared.
-    if rest and rest[0][1] >= 0.8 * count:
+    if hits and max(hits.values()) >= 0.8 * count:
         return None
     return language
 

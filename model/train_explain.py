@@ -72,11 +72,11 @@ def build_terms(
 
 
 def _known_share_floor(explainer: Explainer, texts: list[str]) -> float | None:
-    shares = [
-        explainer.known_share(words)
-        for words in (explainer.content_words(explainer.words(text)) for text in texts)
-        if len(words) >= MIN_WORDS
-    ]
+    shares = []
+    for text in texts:
+        share, content = explainer.known_share(explainer.words(text))
+        if content >= MIN_WORDS:
+            shares.append(share)
     if not shares:
         return None
     floor = float(np.percentile(shares, KNOWN_SHARE_PERCENTILE))

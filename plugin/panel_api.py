@@ -27,8 +27,12 @@ class QueueQuery(Schema):
 def list_queues():
     """List the policy's queues in file order with their routing target on one help desk.
 
-    ``target`` is the value the decisions API reports as ``decision.target`` (a Zendesk
-    group id as a string), or ``None`` for a queue with no target on that help desk.
+    ``target`` is the value :func:`plugin.pipeline.routing_value` reads from the queue's
+    table for that help desk, or ``None`` when the queue has none. For Zendesk that is the
+    group id as a string, the same value a decision reports as ``decision.target``.
+
+    NOTE: Jira tables with per-project targets can give a different value here than in
+    ``decision.target``, which the Jira connector resolves for the ticket's project.
     """
     helpdesk = intake.validate(QueueQuery(), request.args.to_dict())["helpdesk"]
     policy = current_app.extensions["deskroute"].policy

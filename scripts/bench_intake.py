@@ -29,7 +29,6 @@ import secrets
 import signal
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,8 +67,7 @@ def machine_summary() -> str:
         pass
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     return (
-        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
-        f"load average {load}"
+        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, load average {load}"
     )
 
 
@@ -94,10 +92,12 @@ def summarise(values_ms: list[float]) -> dict[str, float]:
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    print("  ".join(str(cell).rjust(width) for cell, width in zip(headers, widths)))
+    widths = [
+        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
+    ]
+    print("  ".join(str(cell).rjust(width) for cell, width in zip(headers, widths, strict=True)))
     for row in rows:
-        print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)))
+        print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 # Request bodies
@@ -304,6 +304,13 @@ class ServeProcess:
                 "DESKROUTE_RUN_WORKER": "true" if run_worker else "false",
             }
         )
+        # The schema is created here, before gunicorn forks: two processes that both find no
+        # tables in a fresh database both run CREATE TABLE, and the second one fails to boot.
+        from plugin.store import Store
+
+        store = Store(f"sqlite:///{data_dir / 'deskroute.sqlite3'}")
+        store.create_schema()
+        store.dispose()
         self.log_path = data_dir / "serve.log"
         self.log = self.log_path.open("w")
         command = [str(DESKROUTE), "serve", "--port", str(self.port)]
@@ -316,6 +323,32 @@ class ServeProcess:
             start_new_session=True,
         )
         wait_for_health(self.port, self.process, self.log_path)
+        self._check_workers(workers)
+
+    def _check_workers(self, expected: int, timeout: float = 30.0) -> None:
+        """Wait until gunicorn runs ``expected`` worker processes, or exit with its log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self._children()) == expected:
+                return
+            time.sleep(0.2)
+        raise SystemExit(
+            f"gunicorn runs {len(self._children())} worker processes, expected {expected}:\n"
+            f"{self.log_path.read_text()[-3000:]}"
+        )
+
+    def _children(self) -> list[int]:
+        children = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                children.append(int(entry.name))
+        return children
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -755,10 +788,13 @@ def report_acceptance(results: list[LoadResult], args) -> None:
         if problems:
             detail = ", ".join(f"{key}: {value}" for key, value in problems.items())
             print(f"server log with {result.label}: {detail}")
-    if len(results) == 2 and results[0].service_ms and results[1].service_ms:
-        first, second = summarise(results[0].service_ms), summarise(results[1].service_ms)
+    base = results[0]
+    for other in results[1:]:
+        if not (base.service_ms and other.service_ms):
+            continue
+        first, second = summarise(base.service_ms), summarise(other.service_ms)
         print(
-            f"ratio {results[1].label} / {results[0].label}: p50 {second['p50'] / first['p50']:.2f}, "
+            f"ratio {other.label} / {base.label}: p50 {second['p50'] / first['p50']:.2f}, "
             f"p99 {second['p99'] / first['p99']:.2f}"
         )
 
@@ -775,7 +811,9 @@ def report_writeback(result: WritebackResult, args) -> None:
         ("webhook POST to PUT at mock", result.writeback_ms),
     ):
         stats = summarise(values)
-        rows.append([name, fmt(stats["p50"]), fmt(stats["p90"]), fmt(stats["p99"]), fmt(stats["max"])])
+        rows.append(
+            [name, fmt(stats["p50"]), fmt(stats["p90"]), fmt(stats["p99"]), fmt(stats["max"])]
+        )
     for step in ("ticket_ms", "enrich_ms", "classify_ms", "policy_ms", "writeback_ms", "total_ms"):
         if step in result.steps_ms:
             stats = summarise(result.steps_ms[step])

@@ -175,10 +175,12 @@ def run_fasttext(dataset) -> dict:
                 handle.write(f"__label__{label} {text}\n")
         model = fasttext.train_supervised(
             str(train_file),
-            epoch=25,
+            epoch=50,
             lr=0.5,
             wordNgrams=2,
-            dim=50,
+            dim=100,
+            minn=2,
+            maxn=4,
             minCount=1,
             bucket=200_000,
             loss="softmax",
@@ -186,7 +188,7 @@ def run_fasttext(dataset) -> dict:
             seed=SEED,
             verbose=0,
         )
-        model.quantize(input=str(train_file), retrain=False, qnorm=True, cutoff=100_000)
+        model.quantize(input=str(train_file), retrain=True, qnorm=True, cutoff=100_000)
         model_file = Path(folder) / "model.ftz"
         model.save_model(str(model_file))
         size = model_file.stat().st_size

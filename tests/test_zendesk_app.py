@@ -2,7 +2,7 @@
 
 The browser tests run the real deskroute app on a loopback port, create decisions through
 signed webhooks, and open manifest/zendesk/assets/iframe.html in Debian's Chromium. The ZAF
-SDK that iframe.html loads from Zendesk's CDN is answered with tests/zaf_stub.js, and every
+SDK that iframe.html loads from Zendesk's CDN is served from tests/zaf_stub.js, and every
 other request that leaves loopback is aborted.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import struct
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -103,16 +104,28 @@ def test_translations_label_every_parameter():
         assert labels["helpText"], parameter["name"]
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG file"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_app_package_has_required_files():
+    assets = {path.name for path in ASSETS_DIR.iterdir()}
+
+    assert (APP_DIR / "manifest.json").is_file()
+    assert (APP_DIR / "translations" / "en.json").is_file()
+    # Zendesk requires the two logos in every app. The other files are the sidebar itself.
+    assert assets == {"iframe.html", "panel.js", "panel.css", "logo.png", "logo-small.png"}
+    assert png_size(ASSETS_DIR / "logo.png") == (320, 320)
+    assert png_size(ASSETS_DIR / "logo-small.png") == (128, 128)
+
+
 def test_iframe_loads_only_the_zaf_sdk_from_outside():
     html = (ASSETS_DIR / "iframe.html").read_text()
 
     assert re.findall(r'src="([^"]+)"', html) == [ZAF_SDK_URL, "panel.js"]
     assert re.findall(r'href="([^"]+)"', html) == ["panel.css"]
-    assert set(path.name for path in ASSETS_DIR.iterdir()) == {
-        "iframe.html",
-        "panel.js",
-        "panel.css",
-    }
 
 
 def test_panel_never_writes_html():
@@ -218,7 +231,8 @@ def build_app(directory: Path, classifier, enricher=None):
     policy = write_policy(directory / "policy.toml", list(classifier.labels))
     settings = make_settings(directory, policy_file=str(policy))
     app = create_app(settings, classifier=classifier, enricher=enricher or AccountsByTicket())
-    # NOTE: registers the queues route only while the app factory does not do it yet.
+    # Registers the queues route when the app factory does not, so the panel can run.
+    # test_panel_routes_exist_in_url_map still fails in that case.
     if "panel_api" not in app.blueprints:
         app.register_blueprint(panel_api.bp, url_prefix="/api")
     return app
@@ -281,6 +295,18 @@ def browser():
         browser.close()
 
 
+def keep_on_loopback(route) -> None:
+    """Abort every browser request that would leave the loopback interface."""
+    if urlsplit(route.request.url).hostname == "127.0.0.1":
+        route.continue_()
+    else:
+        route.abort()
+
+
+def serve_zaf_stub(route) -> None:
+    route.fulfill(body=STUB_SCRIPT.read_text(), content_type="application/javascript")
+
+
 @pytest.fixture
 def open_panel(browser, zaf_host, live):
     contexts = []
@@ -288,35 +314,23 @@ def open_panel(browser, zaf_host, live):
     def open_panel(ticket_id: str, api_token=API_TOKEN, user_id=4242, deskroute_url=None):
         settings = {"deskroute_url": deskroute_url or live.url, "api_token": api_token}
         installation, visible = zaf_host.install(settings, secure={"api_token"})
-        context = browser.new_context(viewport={"width": 340, "height": 900})
-        contexts.append(context)
-        context.set_default_timeout(5000)
-        # Nothing may leave loopback; the CDN's SDK is answered with the stub.
-        context.route(
-            "**/*",
-            lambda route: (
-                route.continue_()
-                if urlsplit(route.request.url).hostname == "127.0.0.1"
-                else route.abort()
-            ),
-        )
-        context.route(
-            ZAF_SDK_URL,
-            lambda route: route.fulfill(
-                body=STUB_SCRIPT.read_text(), content_type="application/javascript"
-            ),
-        )
         config = {
             "installationId": installation,
             "settings": visible,
             "data": {"ticket.id": int(ticket_id), "currentUser": {"id": user_id}},
         }
+
+        context = browser.new_context(viewport={"width": 340, "height": 900})
+        contexts.append(context)
+        context.set_default_timeout(5000)
+        context.route("**/*", keep_on_loopback)
+        context.route(ZAF_SDK_URL, serve_zaf_stub)
         context.add_init_script(f"window.__zafTest = {json.dumps(config)};")
+
         page = context.new_page()
-        errors = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.errors = []
+        page.on("pageerror", lambda error: page.errors.append(str(error)))
         page.goto(f"{zaf_host.url}/assets/iframe.html?origin=https%3A%2F%2Fexample.zendesk.com")
-        page.errors = errors
         return page
 
     yield open_panel
@@ -351,7 +365,7 @@ def test_panel_shows_queue_confidence_and_reasons(live, open_panel, tmp_path):
     expect(reasons).to_have_count(len(row["decision"]["reasons"]))
     expect(reasons.first).to_contain_text(row["decision"]["reasons"][0]["detail"])
     expect(page.locator(".account")).to_have_count(0)
-    expect(page.locator(".feedback")).to_have_text("No answer from an agent yet.")
+    expect(page.locator(".feedback")).to_have_text("No feedback from an agent yet.")
     text = page.locator("main").inner_text()
     assert "null" not in text
     assert "undefined" not in text
@@ -400,7 +414,8 @@ def test_accept_records_feedback_and_sets_group(live, open_panel):
     page.get_by_role("button", name="Accept").click()
 
     expect(page.locator(".status")).to_have_text(
-        f"Accepted: group {row['queue']} set on the ticket."
+        f"Accepted. The group for {row['queue']} is set in the ticket form. "
+        "Submit the ticket to save it."
     )
     expect(page.locator(".feedback li")).to_contain_text(f"accept group: {row['queue']}")
     feedback = live.store.feedback_for_ticket("zendesk", "6103")
@@ -412,6 +427,23 @@ def test_accept_records_feedback_and_sets_group(live, open_panel):
     assert zaf_calls(page)["set"] == [["ticket.assignee", {"groupId": int(target)}]]
 
 
+def test_accept_without_group_sets_nothing(live, open_panel):
+    row = live.decide("6109", "new mouse", "my mouse stopped working")
+    # A decision for a queue without a [queues.X.zendesk] table carries no target.
+    live.store.update_decision(row["id"], decision={**row["decision"], "target": None})
+
+    page = open_panel("6109")
+    page.get_by_role("button", name="Accept").click()
+
+    expect(page.locator(".status")).to_have_text(
+        f"Accepted. Queue {row['queue']} has no Zendesk group in the policy, "
+        "so set the group by hand."
+    )
+    feedback = live.store.feedback_for_ticket("zendesk", "6109")
+    assert [(item["verdict"], item["chosen"]) for item in feedback] == [("accept", None)]
+    assert zaf_calls(page)["set"] == []
+
+
 def test_override_records_chosen_group(live, open_panel, classifier):
     row = live.decide("6104", "vpn access", "please grant me access to the vpn")
     other = next(label for label in classifier.labels if label != row["queue"])
@@ -421,7 +453,10 @@ def test_override_records_chosen_group(live, open_panel, classifier):
     page.get_by_label("Override queue").select_option(label=other)
     page.get_by_role("button", name="Override").click()
 
-    expect(page.locator(".status")).to_have_text(f"Overridden: group {other} set on the ticket.")
+    expect(page.locator(".status")).to_have_text(
+        f"Overridden. The group for {other} is set in the ticket form. "
+        "Submit the ticket to save it."
+    )
     expect(page.locator(".feedback li")).to_contain_text(f"override group: {other}")
     feedback = live.store.feedback_for_ticket("zendesk", "6104")
     assert [(item["verdict"], item["chosen"]) for item in feedback] == [("override", other_group)]

@@ -3,8 +3,9 @@
 :class:`ZafHost` plays the part of Zendesk around an app's iframe: it serves the app's
 assets and a ``/zaf-proxy`` route that the ZAF stub (``zaf_stub.js``) posts its
 ``client.request`` options to. Like Zendesk's proxy, it replaces ``{{setting.NAME}}``
-placeholders on the server side, and only for ``secure: true`` requests to a host in the
-allowed list, so a secure setting's value never reaches the browser.
+placeholders on the server side and only for ``secure: true`` requests, so a secure
+setting's value never reaches the browser. It forwards requests only to the allowed hosts
+and answers others with 403, which keeps every test request on loopback.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ class ZafHost:
         self.url = self.server.url
 
     def install(self, settings: dict[str, str], secure: set[str]) -> tuple[str, dict]:
-        """Store an installation's settings; return its id and the settings a browser sees."""
+        """Store an installation's settings and return its id and its non-secure settings.
+
+        The non-secure settings are what ``client.metadata()`` returns in the browser.
+        """
         installation_id = str(next(self._ids))
         self.installations[installation_id] = dict(settings)
         visible = {name: value for name, value in settings.items() if name not in secure}

@@ -9,7 +9,7 @@
   "use strict";
 
   const HELPDESK = "zendesk";
-  // Paths on the deskroute server; tests check them against the server's routes.
+  // Paths on the deskroute server. Tests check them against the server's routes.
   const DECISIONS_PATH = "/api/decisions";
   const QUEUES_PATH = "/api/queues";
   const FEEDBACK_PATH = "/api/decisions/{id}/feedback";
@@ -122,14 +122,21 @@
       element("dt", {}, "Priority"),
       element("dd", { "data-field": "priority" }, decision.priority || "none"),
       element("dt", {}, "Confidence"),
-      element("dd", { "data-field": "confidence" }, `${percent(decision.confidence)} (${threshold})`),
+      element(
+        "dd",
+        { "data-field": "confidence" },
+        `${percent(decision.confidence)} (${threshold})`,
+      ),
       element("dt", {}, "Action"),
       element("dd", { "data-field": "action" }, `${decision.action} (${decision.mode} mode)`),
     );
     const alternatives = details.alternatives || [];
     if (alternatives.length) {
       const text = alternatives.map(([queue, p]) => `${queue} ${percent(p)}`).join(", ");
-      list.append(element("dt", {}, "Alternatives"), element("dd", { "data-field": "alternatives" }, text));
+      list.append(
+        element("dt", {}, "Alternatives"),
+        element("dd", { "data-field": "alternatives" }, text),
+      );
     }
     return list;
   }
@@ -151,7 +158,9 @@
 
   function accountList(account) {
     if (!account || typeof account !== "object") return null;
-    const rows = ACCOUNT_FIELDS.filter(([name]) => account[name] !== null && account[name] !== undefined);
+    const rows = ACCOUNT_FIELDS.filter(
+      ([name]) => account[name] !== null && account[name] !== undefined,
+    );
     if (!rows.length) return null;
     return element(
       "dl",
@@ -164,7 +173,9 @@
   }
 
   function feedbackList(feedback, queues) {
-    if (!feedback.length) return element("p", { class: "muted feedback" }, "No answer from an agent yet.");
+    if (!feedback.length) {
+      return element("p", { class: "muted feedback" }, "No feedback from an agent yet.");
+    }
     const queueNames = new Map(queues.filter((q) => q.target).map((q) => [q.target, q.name]));
     return element(
       "ul",
@@ -226,16 +237,20 @@
       }
     }
 
+    // client.set changes the agent's ticket form, which Zendesk saves when the agent submits.
+    const saveHint = "Submit the ticket to save it.";
     accept.addEventListener("click", () => {
       const done = target
-        ? `Accepted: group ${decision.queue} set on the ticket.`
-        : `Accepted. Queue ${decision.queue} has no Zendesk group in the policy: set the group by hand.`;
+        ? `Accepted. The group for ${decision.queue} is set in the ticket form. ${saveHint}`
+        : `Accepted. Queue ${decision.queue} has no Zendesk group in the policy, ` +
+          "so set the group by hand.";
       answer({ verdict: "accept" }, target, done);
     });
     override.addEventListener("click", () => {
       const chosen = queueChoice.value;
       const name = queueChoice.selectedOptions[0].textContent;
-      answer({ verdict: "override", field: "group", chosen }, chosen, `Overridden: group ${name} set on the ticket.`);
+      const done = `Overridden. The group for ${name} is set in the ticket form. ${saveHint}`;
+      answer({ verdict: "override", field: "group", chosen }, chosen, done);
     });
 
     const account = accountList(decision.account);
@@ -275,7 +290,8 @@
 
   async function start() {
     const metadata = await client.metadata();
-    serverUrl = String((metadata.settings && metadata.settings.deskroute_url) || "").replace(/\/+$/, "");
+    const configured = (metadata.settings && metadata.settings.deskroute_url) || "";
+    serverUrl = String(configured).replace(/\/+$/, "");
     if (!/^https?:\/\/[^/]+/.test(serverUrl)) {
       showError("The deskroute server URL is missing or invalid in the app's settings.");
       return;
