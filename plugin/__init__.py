@@ -34,13 +34,14 @@ def create_app(settings=None, **state_parts) -> Flask:
     state = AppState(settings, **state_parts)
     app.extensions["deskroute"] = state
 
-    from plugin import api, forge
+    from plugin import api, forge, panel_api
     from plugin.webhooks import jira, zendesk
 
     app.register_blueprint(zendesk.bp, url_prefix="/webhooks/zendesk")
     app.register_blueprint(jira.bp, url_prefix="/webhooks/jira")
     app.register_blueprint(forge.bp, url_prefix="/forge")
     app.register_blueprint(api.bp, url_prefix="/api")
+    app.register_blueprint(panel_api.bp, url_prefix="/api")
     app.add_url_rule("/healthz", "healthz", api.healthz)
     register_error_handlers(app)
 

@@ -21,7 +21,7 @@ from playwright.sync_api import expect, sync_playwright
 from werkzeug.exceptions import HTTPException
 from zaf_harness import STUB_SCRIPT, LiveServer, ZafHost
 
-from plugin import create_app, panel_api
+from plugin import create_app
 from plugin.context import AccountContext
 
 from conftest import API_TOKEN, bearer, load_fixture, make_settings, zendesk_headers
@@ -230,12 +230,7 @@ def write_policy(path: Path, labels: list[str]) -> Path:
 def build_app(directory: Path, classifier, enricher=None):
     policy = write_policy(directory / "policy.toml", list(classifier.labels))
     settings = make_settings(directory, policy_file=str(policy))
-    app = create_app(settings, classifier=classifier, enricher=enricher or AccountsByTicket())
-    # Registers the queues route when the app factory does not, so the panel can run.
-    # test_panel_routes_exist_in_url_map still fails in that case.
-    if "panel_api" not in app.blueprints:
-        app.register_blueprint(panel_api.bp, url_prefix="/api")
-    return app
+    return create_app(settings, classifier=classifier, enricher=enricher or AccountsByTicket())
 
 
 @pytest.fixture
