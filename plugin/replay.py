@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 from plugin.webhooks.zendesk import sign
 
+PAGE_SIZE = 1000
+
 
 class ReplayError(Exception):
     pass
@@ -123,7 +125,7 @@ class _HTTPTarget:
     def decisions_page(self, after: int) -> dict:
         response = self.session.get(
             f"{self.url}/api/decisions",
-            params={"helpdesk": "zendesk", "after": after, "limit": 1000},
+            params={"helpdesk": "zendesk", "after": after, "limit": PAGE_SIZE},
             headers={"Authorization": f"Bearer {self.api_token}"},
             timeout=10,
         )
@@ -143,7 +145,7 @@ class _AppTarget:
     def decisions_page(self, after: int) -> dict:
         response = self.client.get(
             "/api/decisions",
-            query_string={"helpdesk": "zendesk", "after": after, "limit": 1000},
+            query_string={"helpdesk": "zendesk", "after": after, "limit": PAGE_SIZE},
             headers={"Authorization": f"Bearer {self.api_token}"},
         )
         return response.get_json()
@@ -226,7 +228,8 @@ def run_replay(
             if page["decisions"]:
                 after = page["next"]
                 idle_since = time.monotonic()
-            else:
+            if len(page["decisions"]) < PAGE_SIZE:
+                # Caught up with the worker: polling at once again would only slow it down.
                 time.sleep(0.2)
     report.missing = len(pending)
     if keep is not None:
