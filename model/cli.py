@@ -6,6 +6,7 @@ needs the ``train`` extra, ``evaluate`` only the serving dependencies.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -22,12 +23,15 @@ from model.data import (
     load_dataset,
     parse_columns,
 )
+from model.train import TrainConfig, train_model
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = "model/default"
 # Steps that train_model reports through its progress callback.
 TRAIN_STEPS = 6
+# Imported by model.train only inside its functions, so the CLI loads without them.
+TRAIN_MODULES = ("sklearn", "skl2onnx", "onnx")
 
 
 @click.command("train")
@@ -75,14 +79,14 @@ TRAIN_STEPS = 6
 )
 @click.option(
     "--word-features",
-    default=20_000,
+    default=TrainConfig.word_features,
     show_default=True,
     type=click.IntRange(1),
     help="Word n-grams kept by chi-squared selection.",
 )
 @click.option(
     "--char-features",
-    default=30_000,
+    default=TrainConfig.char_features,
     show_default=True,
     type=click.IntRange(1),
     help="Character n-grams kept by chi-squared selection.",
@@ -90,7 +94,7 @@ TRAIN_STEPS = 6
 @click.option(
     "--c",
     "regularization_c",
-    default=10.0,
+    default=TrainConfig.regularization_c,
     show_default=True,
     type=click.FloatRange(0.0, min_open=True),
     help="Inverse regularisation strength of the logistic regression.",
@@ -109,12 +113,12 @@ def train_command(
     regularization_c: float,
 ) -> None:
     """Train a classifier on a labelled file and export it to ONNX with its metrics."""
-    try:
-        from model.train import TrainConfig, train_model
-    except ImportError as error:
+    missing = [name for name in TRAIN_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
         raise click.ClickException(
-            f"training needs the 'train' extra (pip install 'deskroute[train]'): {error}"
-        ) from error
+            f"training needs {', '.join(missing)}: install the 'train' extra "
+            "(pip install 'deskroute[train]')"
+        )
 
     dataset = _load(data_file, text_columns, label_column, min_rows, fallback_label)
     _report_data(dataset.source)

@@ -1,6 +1,6 @@
 """Quality figures and per-queue thresholds, computed with NumPy only.
 
-Training uses these on the validation and test splits; ``deskroute evaluate`` uses them on
+Training uses these on the validation and test splits. ``deskroute evaluate`` uses them on
 any labelled file scored through the ONNX model, so both report the same numbers.
 """
 
@@ -83,7 +83,7 @@ def choose_thresholds(
             order = np.argsort(-confidence[mask], kind="stable")
             scores = confidence[mask][order]
             correct = (y_true[mask][order] == index).astype(float)
-            # Precision of the top-k predictions for every k; rows with equal confidence
+            # Precision of the top-k predictions for every k. Rows with equal confidence
             # enter together, so only the last position of each tie is a valid cut.
             precision_at_k = np.cumsum(correct) / np.arange(1, count + 1)
             last_of_tie = np.append(scores[1:] != scores[:-1], True)

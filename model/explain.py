@@ -16,17 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model import signals
+from model.normalize import EMAIL_TOKEN, NUMBER_TOKEN, URL_TOKEN
 
 TERMS_FILE = "terms.json"
 MAX_TERMS = 5
 # Fewer words than this leave too little for the model to go on.
 MIN_WORDS = 3
 _HAS_LETTER = re.compile(r"[^\W\d_]")
+_PLACEHOLDERS = frozenset(token.strip() for token in (EMAIL_TOKEN, URL_TOKEN, NUMBER_TOKEN))
 
 
 @dataclass
 class TextProfile:
-    """What the training texts looked like, for the guards that flag unfamiliar tickets."""
+    """Profile of the training texts, for the guards that flag unfamiliar tickets."""
 
     word_pattern: str
     vocabulary: frozenset[str]
@@ -117,7 +119,9 @@ class Explainer:
         reasons = []
         script = signals.dominant_script(normalized)
         if script not in self.profile.scripts:
-            reasons.append(f"text is in {script.title()} script, which the model was not trained on")
+            reasons.append(
+                f"text is in {script.title()} script, which the model was not trained on"
+            )
         language = signals.detect_language(normalized)
         if language and self.profile.languages and language not in self.profile.languages:
             trained = ", ".join(signals.LANGUAGE_NAMES.get(x, x) for x in self.profile.languages)
@@ -127,12 +131,11 @@ class Explainer:
             )
         floor = self.profile.min_known_share
         share, content = self.known_share(words)
-        if floor is not None and content >= MIN_WORDS:
-            if share < floor:
-                reasons.append(
-                    f"text is unlike the training data ({share:.0%} of its words are known "
-                    f"to the model, at least {floor:.0%} expected)"
-                )
+        if floor is not None and content >= MIN_WORDS and share < floor:
+            reasons.append(
+                f"text is unlike the training data ({share:.0%} of its words are known "
+                f"to the model, at least {floor:.0%} expected)"
+            )
         return reasons
 
 
@@ -142,7 +145,7 @@ def basic_guards(normalized: str) -> list[str]:
         return ["text is empty"]
     count = 0
     for word in normalized.split():
-        if _HAS_LETTER.search(word):
+        if word not in _PLACEHOLDERS and _HAS_LETTER.search(word):
             count += 1
             if count >= MIN_WORDS:
                 return []

@@ -2,9 +2,8 @@
 
 The exported ONNX graph tokenises the string it is given and does nothing else, so every
 cleaning step lives here and both paths call :func:`normalize_text` before the model. The
-output contains only lower-case ASCII letters, digits, ASCII punctuation, other non-control
-characters and single spaces: no control characters, because the graph pads batches with
-``\\x01``, and no repeated whitespace, because the graph does not collapse it the way
+output has no control characters, because the graph pads batches with ``\\x01``. It has no
+repeated whitespace either, because the graph does not collapse whitespace the way
 scikit-learn's tokenizer does.
 """
 

@@ -164,37 +164,42 @@ def _index_rules() -> dict[str, list[tuple[tuple[str, ...], int]]]:
 
 _PHRASES_BY_FIRST_WORD = _index_rules()
 
+
 # Frequent function words per language, accents folded like normalize_text does.
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 STOP_WORDS: dict[str, frozenset[str]] = {
-    "en": frozenset(
+    "en": _words(
         "the and is are to of in for it on with please not this that my we you can be have "
         "was i me our your from at by an as do does has but or if will would could there "
-        "they what when which".split()
+        "they what when which"
     ),
-    "de": frozenset(
+    "de": _words(
         "der die das und ist sind nicht ich sie mit fur auf bitte ein eine einen zu den dem "
         "von wir es bei kann konnen haben hat wird werden auch noch mein meine ihr ihre uns "
-        "wie oder aber wenn dass nach vielen dank gruss grusse".split()
+        "wie oder aber wenn dass nach vielen dank gruss grusse"
     ),
-    "fr": frozenset(
+    "fr": _words(
         "le la les et est sont pas je vous nous avec pour sur un une des du de ce cette "
-        "mon ma mes qui que dans merci bonjour ne il elle au aux".split()
+        "mon ma mes qui que dans merci bonjour ne il elle au aux"
     ),
-    "es": frozenset(
+    "es": _words(
         "el la los las y es son no yo usted con para por un una unos del de que en mi "
-        "gracias hola se lo al como pero esta este".split()
+        "gracias hola se lo al como pero esta este"
     ),
-    "it": frozenset(
+    "it": _words(
         "il lo la gli le e non io con per un una del della di che in mio grazie ciao "
-        "sono al come ma questo questa".split()
+        "sono al come ma questo questa"
     ),
-    "nl": frozenset(
+    "nl": _words(
         "de het een en is zijn niet ik u jij we met voor op van dat die in mijn bedankt "
-        "graag kan wordt ook maar als".split()
+        "graag kan wordt ook maar als"
     ),
-    "pt": frozenset(
+    "pt": _words(
         "o a os as e nao eu voce com para por um uma do da de que em meu obrigado ola "
-        "se no na como mas este esta".split()
+        "se no na como mas este esta"
     ),
 }
 LANGUAGE_NAMES = {
@@ -218,7 +223,7 @@ def is_stop_word(word: str) -> bool:
 
 
 # A language is detected when at least this many of its stop words occur and they make up
-# at least this share of the words; below that the text is too short or stop-word free.
+# at least this share of the words. Below that, the text is too short or has no stop words.
 MIN_STOP_WORDS = 3
 MIN_STOP_WORD_SHARE = 0.12
 # Letters outside the Latin script that make a text "non-Latin".
@@ -266,7 +271,7 @@ def detect_language(normalized: str) -> str | None:
 
 
 def dominant_script(normalized: str) -> str:
-    """Return ``"LATIN"`` or the Unicode script name (``"CYRILLIC"``, ``"CJK"``...) of most letters."""
+    """Return the script of most letters: ``"LATIN"``, ``"CYRILLIC"``, ``"CJK"`` and so on."""
     if normalized.isascii():
         return "LATIN"
     scripts = Counter()

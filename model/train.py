@@ -3,11 +3,14 @@
 Needs the ``train`` extra (scikit-learn, skl2onnx, onnx). The result is a folder with
 ``model.onnx`` (one string in, class probabilities out) and ``metrics.json`` beside it.
 
-Steps: a stratified 70/15/15 split with a fixed seed; word (1-2) and character (2-4) n-gram
-TF-IDF; chi-squared selection of the strongest n-grams on the training split, so the
-exported graph stays small and fast; a multinomial logistic regression; export with
-skl2onnx; an agreement check of ONNX against scikit-learn on the test split; per-queue
-thresholds chosen on the validation split; figures on the test split.
+Steps:
+
+1. a stratified 70/15/15 train/validation/test split with seed 0;
+2. word (1-2) and character (2-4) n-gram TF-IDF, keeping the n-grams with the highest
+   chi-squared score on the training split, so the exported graph stays small and fast;
+3. a multinomial logistic regression;
+4. export with skl2onnx and an agreement check of ONNX against scikit-learn on the test split;
+5. per-queue thresholds chosen on the validation split, and figures on the test split.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from model.train_explain import build_terms
 logger = logging.getLogger(__name__)
 
 SEED = 0
-# Tokens of two or more ASCII letters, digits or underscores. The same pattern is given to
-# scikit-learn and to the ONNX Tokenizer, whose default replacement for scikit-learn's
-# pattern would also keep one-letter tokens; normalize_text has already folded accents.
+# Tokens of two or more ASCII letters, digits or underscores, because normalize_text has
+# folded accents already. The same pattern goes to scikit-learn and to the ONNX Tokenizer.
+# Left to itself, skl2onnx replaces scikit-learn's default pattern by one that also keeps
+# one-letter tokens.
 WORD_PATTERN = "[a-z0-9_][a-z0-9_]+"
 MIN_AGREEMENT = 0.995
 EXPORT_BATCH_SIZE = 64
@@ -52,10 +56,10 @@ class TrainConfig:
     name: str = "deskroute"
     target_precision: float = evaluation.DEFAULT_TARGET_PRECISION
     min_support: int = evaluation.DEFAULT_MIN_SUPPORT
-    word_features: int = 20_000
-    char_features: int = 30_000
+    word_features: int = 4_000
+    char_features: int = 5_000
     min_df: int = 2
-    regularization_c: float = 10.0
+    regularization_c: float = 2.0
     max_iter: int = 300
     # Languages recorded when the training texts have too few stop words to detect any.
     languages: list[str] = field(default_factory=lambda: ["en"])
@@ -133,8 +137,8 @@ def _with_bigram_parts(vocabulary) -> list[str]:
     """Add the words of every kept bigram to the vocabulary.
 
     skl2onnx 1.20 exports a bigram as two tokens only when both words are in the
-    vocabulary; otherwise it becomes one token with a space inside, which the ONNX
-    tokenizer never produces, so the bigram would silently score zero.
+    vocabulary. Otherwise the bigram becomes one token with a space inside. The ONNX
+    tokenizer never produces such a token, so the bigram would silently score zero.
     """
     terms = set(vocabulary)
     for term in vocabulary:

@@ -41,6 +41,9 @@ def build_terms(
     word_coefficients = coefficients[:, :word_columns]
     centered = word_coefficients - word_coefficients.mean(axis=0, keepdims=True)
     values = centered * word_vectorizer.idf_[np.newaxis, :]
+    # Stop words carry weight in some sets but explain nothing to an agent.
+    explanatory = np.array([not any(map(signals.is_stop_word, term.split(" "))) for term in names])
+    values = np.where(explanatory[np.newaxis, :], values, 0.0)
     weights = {}
     for row, label in enumerate(labels):
         top = np.argsort(-values[row], kind="stable")[:TERMS_PER_QUEUE]

@@ -47,7 +47,28 @@ def serve(host: str, port: int, config_file: str | None, workers: int, threads: 
 
     settings = _settings_or_exit(config_file)
     _check_startup(settings)
+    _prepare_shared_state(settings)
     run_gunicorn(settings, host=host, port=port, workers=workers, threads=threads)
+
+
+def _prepare_shared_state(settings) -> None:
+    """Create the schema and the generated secrets once, before gunicorn forks.
+
+    Processes that started together would otherwise race on ``CREATE TABLE`` and on
+    writing the secret files.
+    """
+    from plugin.state import local_secret
+    from plugin.store import Store
+
+    store = Store(settings.resolved_database_url())
+    store.create_schema()
+    store.dispose()
+    if not settings.api_token:
+        settings.api_token = local_secret(settings, "api-token")
+    if not settings.zendesk_webhook_secret:
+        settings.zendesk_webhook_secret = local_secret(settings, "zendesk-webhook-secret")
+    if not settings.jira_webhook_secret:
+        settings.jira_webhook_secret = local_secret(settings, "jira-webhook-secret")
 
 
 def _check_startup(settings) -> None:

@@ -2,7 +2,8 @@
 
 A blueprint verifies its own signature, validates with its own schema and maps the
 payload to a :class:`plugin.tickets.TicketEvent`. :func:`accept` then stores it and
-returns the response. Nothing slow happens before the answer: the pipeline runs later, from the store.
+returns the response. Nothing slow happens before the response: the pipeline runs later,
+from the store.
 """
 
 from __future__ import annotations

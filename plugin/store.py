@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,12 @@ class Store:
         self.dialect = self.engine.dialect.name
 
     def create_schema(self) -> None:
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except (OperationalError, ProgrammingError, IntegrityError):
+            # Another process created the tables between the check and the CREATE; a second
+            # pass finds them and creates only what is still missing.
+            metadata.create_all(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -219,7 +224,8 @@ class Store:
         }
         try:
             with self.engine.begin() as conn:
-                result = conn.execute(insert(deliveries).values(**row))
+                # Executing the insert with parameters reuses one compiled statement.
+                result = conn.execute(insert(deliveries), row)
                 return int(result.inserted_primary_key[0]), True
         except IntegrityError:
             existing = self.find_delivery(event_data["helpdesk"], event_data["delivery_id"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -79,8 +79,10 @@ class TicketEvent:
     occurred_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Field by field: asdict would deep-copy the ticket only to convert it again.
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
         data["ticket"] = self.ticket.to_dict() if self.ticket else None
+        data["changes"] = [dict(change) for change in self.changes]
         return data
 
     @classmethod

@@ -1,14 +1,15 @@
 """Benchmark webhook intake and ticket-to-write-back latency on this machine, in one run.
 
 Part 1 starts ``deskroute serve`` (gunicorn, embedded SQLite, in-process worker) on a free
-loopback port and sends pre-built, signed ``zen:event-type:ticket.created`` deliveries with an
-open-loop load generator: each request has a scheduled send time at the target rate, and
-several client processes with keep-alive connections send them. It prints acceptance latency
+loopback port. An open-loop load generator sends it pre-built, signed
+``zen:event-type:ticket.created`` deliveries. Each request has a due time at the target rate,
+and several client processes with keep-alive connections send them. It prints acceptance latency
 percentiles, the achieved rate and the errors, for each gunicorn configuration given.
 
-Part 2 runs the app in auto mode behind gunicorn with a Zendesk connector whose HTTP session
-is redirected to a local mock of the Zendesk API, sends one ticket at a time and measures the
-time from the start of the webhook POST to the arrival of the ticket update (PUT) at the mock.
+Part 2 runs the app in auto mode behind gunicorn, with a Zendesk connector whose HTTP session
+is redirected to a local mock of the Zendesk API. It sends one ticket at a time and measures
+the time from the start of the webhook POST to the arrival of the ticket update (PUT) at the
+mock.
 
 Only loopback traffic is sent. Usage::
 
@@ -45,7 +46,7 @@ DEFAULT_CSV = ROOT / "tests" / "fixtures" / "data" / "it-service-tickets-sample.
 ZENDESK_API_FIXTURES = ROOT / "tests" / "fixtures" / "zendesk" / "api"
 DESKROUTE = Path(sys.executable).with_name("deskroute")
 WEBHOOK_PATH = "/webhooks/zendesk"
-# The connector is built for this subdomain; its session sends the API calls to the mock.
+# The connector is built for this subdomain, and its session sends the API calls to the mock.
 MOCK_SUBDOMAIN = "bench"
 MOCK_EMAIL = "deskroute-bot@example.com"
 # Zendesk rejects a signature older than the server's tolerance (300 s by default), and the
@@ -123,7 +124,7 @@ def signed_delivery(secret: str, ticket_id: str, text: str) -> tuple[bytes, dict
     from plugin.replay import event_body
     from plugin.webhooks.zendesk import sign
 
-    # The sample texts have no separate subject: the first words stand in for one.
+    # The sample texts have no separate subject, so the first six words stand in for one.
     words = text.split()
     body = json.dumps(event_body(ticket_id, [" ".join(words[:6]), text])).encode()
     timestamp = now_stamp()
@@ -147,7 +148,7 @@ def build_deliveries(secret: str, texts: list[str], count: int, first_id: int) -
 
 
 def _send_on_connection(port, schedule, results, deadline) -> None:
-    """Send ``schedule`` ((index, send_at, body, headers), in time order) on one connection."""
+    """Send ``schedule`` ((index, due time, body, headers), in time order) on one connection."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     for index, scheduled, body, headers in schedule:
         wait = scheduled - time.monotonic()
@@ -173,8 +174,8 @@ def _send_on_connection(port, schedule, results, deadline) -> None:
 def run_client_process(port: int, schedules: list[list[tuple]], deadline: float) -> list[tuple]:
     """Run one client process: a thread per keep-alive connection, each with its schedule.
 
-    CLOCK_MONOTONIC is shared by all processes on Linux, so the schedule built by the
-    parent holds here.
+    CLOCK_MONOTONIC is shared by all processes on Linux, so the due times computed by the
+    parent are valid here.
     """
     results: list[tuple] = []
     threads = [
@@ -219,7 +220,7 @@ def run_load(
     max_seconds: float,
     label: str,
 ) -> LoadResult:
-    """Send ``deliveries`` at ``rate`` per second; request i is due at start + i / rate."""
+    """Send ``deliveries`` at ``rate`` per second. Request i is due at start + i / rate."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(processes) as pool:
         # Start the processes before the clock starts, so their start-up is not measured.
@@ -294,8 +295,8 @@ class ServeProcess:
         self.port = free_port()
         self.secret = secrets.token_urlsafe(32)
         environment = {k: v for k, v in os.environ.items() if not k.startswith("DESKROUTE_")}
-        # The secrets are set here: with no secret configured, each gunicorn process would
-        # create the data folder's secret file on its own.
+        # The secrets are set in the environment, so the benchmark signs with them without
+        # reading the files deskroute would generate in the data folder.
         environment.update(
             {
                 "DESKROUTE_DATA_DIR": str(data_dir),
@@ -304,8 +305,8 @@ class ServeProcess:
                 "DESKROUTE_RUN_WORKER": "true" if run_worker else "false",
             }
         )
-        # The schema is created here, before gunicorn forks: two processes that both find no
-        # tables in a fresh database both run CREATE TABLE, and the second one fails to boot.
+        # The schema is created here, before gunicorn forks, because two processes that find
+        # no tables in a fresh database both run CREATE TABLE and the second fails to boot.
         from plugin.store import Store
 
         store = Store(f"sqlite:///{data_dir / 'deskroute.sqlite3'}")
@@ -371,7 +372,7 @@ class ServeProcess:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            # The command name is in brackets and may contain spaces: split after it.
+            # The command name is in brackets and may contain spaces, so split after it.
             fields = stat.rpartition(")")[2].split()
             if int(fields[2]) == self.process.pid:
                 total += int(fields[11]) + int(fields[12])
@@ -443,7 +444,7 @@ def _fixture(name: str) -> dict:
 
 
 class MockZendesk(ThreadingHTTPServer):
-    """The three Zendesk endpoints the pipeline calls, answering with the API fixtures."""
+    """The three Zendesk endpoints the pipeline calls, returning the API fixtures."""
 
     daemon_threads = True
 
@@ -680,7 +681,7 @@ def bench_writeback(args, texts: list[str]) -> WritebackResult:
                 status = _post(connection, body, headers)
                 accepted = time.monotonic()
                 if status != 202:
-                    raise SystemExit(f"webhook answered {status} for ticket {ticket_id}")
+                    raise SystemExit(f"webhook returned HTTP {status} for ticket {ticket_id}")
                 arrived = mock.wait_for_update(ticket_id, timeout=10.0)
                 if arrived is None and index == 0:
                     raise SystemExit(
@@ -836,11 +837,21 @@ def report_writeback(result: WritebackResult, args) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("csv", nargs="?", type=Path, default=DEFAULT_CSV, help="ticket CSV")
+    parser.add_argument(
+        "csv",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_CSV,
+        help="CSV file of ticket texts (default: %(default)s)",
+    )
     parser.add_argument("--text-column", default="text", help="CSV column with ticket text")
     parser.add_argument("--rate", type=float, default=500.0, help="target deliveries per second")
-    parser.add_argument("--count", type=int, default=5000, help="measured deliveries per run")
-    parser.add_argument("--warmup", type=int, default=300, help="unmeasured deliveries first")
+    parser.add_argument(
+        "--count", type=int, default=5000, help="measured deliveries per configuration"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=300, help="deliveries sent before each measured run"
+    )
     parser.add_argument(
         "--max-seconds", type=float, default=60.0, help="stop sending after this many seconds"
     )
@@ -855,7 +866,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--writeback-count", type=int, default=200, help="tickets for the write-back latency"
     )
-    parser.add_argument("--writeback-warmup", type=int, default=10, help="unmeasured tickets")
+    parser.add_argument(
+        "--writeback-warmup", type=int, default=10, help="tickets sent before the measured ones"
+    )
     parser.add_argument(
         "--writeback-gap", type=float, default=0.02, help="seconds between write-back tickets"
     )

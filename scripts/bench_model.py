@@ -1,9 +1,12 @@
 """Print latency, size and load figures of a trained deskroute model.
 
-Measures, on the machine it runs on: the size of every file in the model folder, the cold
-load time of ``Classifier.load`` in a fresh interpreter (imports included and excluded),
-single-ticket ``predict`` latency at p50/p90/p99, the part of it spent in the ONNX session
-and in normalize_text, and ``predict_many`` throughput.
+Figures, measured on the machine it runs on:
+
+- the size of every file in the model folder;
+- the cold load time of ``Classifier.load`` in a fresh interpreter, with and without imports;
+- single-ticket ``predict`` latency at p50, p90 and p99, and the part of it spent in the ONNX
+  session and in normalize_text;
+- ``predict_many`` throughput.
 
 Usage::
 

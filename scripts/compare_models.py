@@ -306,8 +306,10 @@ def _print_row(result: dict) -> None:
 
 
 def _print_table(results: list[dict]) -> None:
-    print("\n| set | model | accuracy | macro-F1 | coverage at 90% | coverage at 95% "
-          "| p50 ms | p99 ms | size MB |")
+    print(
+        "\n| set | model | accuracy | macro-F1 | coverage at 90% | coverage at 95% "
+        "| p50 ms | p99 ms | size MB |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         print(
