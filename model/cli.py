@@ -99,6 +99,11 @@ TRAIN_MODULES = ("sklearn", "skl2onnx", "onnx")
     type=click.FloatRange(0.0, min_open=True),
     help="Inverse regularisation strength of the logistic regression.",
 )
+@click.option(
+    "--tune",
+    is_flag=True,
+    help="Try several feature counts and C values; keep the best on the validation split.",
+)
 def train_command(
     data_file: Path,
     text_columns: str,
@@ -111,6 +116,7 @@ def train_command(
     word_features: int,
     char_features: int,
     regularization_c: float,
+    tune: bool,
 ) -> None:
     """Train a classifier on a labelled file and export it to ONNX with its metrics."""
     missing = [name for name in TRAIN_MODULES if importlib.util.find_spec(name) is None]
@@ -128,6 +134,7 @@ def train_command(
         word_features=word_features,
         char_features=char_features,
         regularization_c=regularization_c,
+        tune=tune,
     )
 
     with tqdm(total=TRAIN_STEPS, desc="train", unit="step") as bar:

@@ -19,7 +19,7 @@ import json
 import logging
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,6 +65,18 @@ class TrainConfig:
     languages: list[str] = field(default_factory=lambda: ["en"])
     validation_share: float = 0.15
     test_share: float = 0.15
+    # Try every entry of TUNING_GRID and keep the one with the best validation accuracy.
+    tune: bool = False
+
+
+# (word features, character features, C) tried by ``tune``. The first entry is the default:
+# few features and strong regularisation suit sets with few queues and long texts, and the
+# others suit many queues with short texts, where every n-gram counts.
+TUNING_GRID: tuple[tuple[int, int, float], ...] = (
+    (4_000, 5_000, 2.0),
+    (10_000, 15_000, 10.0),
+    (30_000, 30_000, 10.0),
+)
 
 
 def split_indices(
@@ -215,7 +227,11 @@ def train_model(
     )
 
     step("fitting features and classifier")
-    pipeline = build_pipeline(list(texts[train]), y[train], config)
+    tuning: list[dict] = []
+    if config.tune:
+        pipeline, config, tuning = _tune(texts, y, train, validation, config)
+    else:
+        pipeline = build_pipeline(list(texts[train]), y[train], config)
     classes = list(pipeline.named_steps["classifier"].classes_)
     if classes != list(range(len(labels))):
         raise DataError("every label needs rows in the training split")
@@ -254,6 +270,7 @@ def train_model(
             "test": len(test),
         },
         "config": asdict(config),
+        "tuning": tuning,
         "features": _feature_counts(pipeline),
         "target_precision": config.target_precision,
         "thresholds": thresholds,
@@ -297,6 +314,30 @@ def train_model(
         metrics["test"]["macro_f1"],
     )
     return metrics
+
+
+def _tune(texts, y, train, validation, config: TrainConfig):
+    """Fit one pipeline per TUNING_GRID entry; return the best, its config and all scores."""
+    best = None
+    scores = []
+    for word_features, char_features, c in TUNING_GRID:
+        candidate = replace(
+            config, word_features=word_features, char_features=char_features, regularization_c=c
+        )
+        pipeline = build_pipeline(list(texts[train]), y[train], candidate)
+        accuracy = float((pipeline.predict(list(texts[validation])) == y[validation]).mean())
+        scores.append(
+            {
+                "word_features": word_features,
+                "char_features": char_features,
+                "regularization_c": c,
+                "validation_accuracy": round(accuracy, 4),
+            }
+        )
+        logger.info("tuning %s: validation accuracy %.4f", scores[-1], accuracy)
+        if best is None or accuracy > best[0]:
+            best = (accuracy, pipeline, candidate)
+    return best[1], best[2], scores
 
 
 def _feature_counts(pipeline) -> dict[str, int]:

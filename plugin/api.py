@@ -198,7 +198,12 @@ def healthz():
     return jsonify(
         {
             "status": "ok",
-            "worker": state.worker.running,
+            # With the worker in a process of its own, this process cannot see it.
+            "worker": (
+                {"mode": "thread", "running": state.worker.running}
+                if state.settings.run_worker
+                else {"mode": "external"}
+            ),
             "model": state.classifier.version,
             "mode": state.settings.mode or state.policy.mode,
             "helpdesks": sorted(state.connectors),

@@ -41,14 +41,30 @@ def main(log_level: str) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--workers", default=1, show_default=True, type=int, help="gunicorn processes.")
 @click.option("--threads", default=8, show_default=True, type=int, help="Threads per process.")
-def serve(host: str, port: int, config_file: str | None, workers: int, threads: int) -> None:
-    """Run the webhook server behind gunicorn, with the in-process worker."""
+@click.option(
+    "--worker",
+    "worker_mode",
+    type=click.Choice(["process", "thread", "off"]),
+    default="process",
+    show_default=True,
+    help="Where the pipeline runs: a worker process beside gunicorn, a thread in each web "
+    "process, or nowhere (another host runs `deskroute worker`). DESKROUTE_RUN_WORKER=false "
+    "means off.",
+)
+def serve(
+    host: str, port: int, config_file: str | None, workers: int, threads: int, worker_mode: str
+) -> None:
+    """Run the webhook server behind gunicorn, with the pipeline worker."""
     from plugin.server import run_gunicorn
 
     settings = _settings_or_exit(config_file)
+    if not settings.run_worker:
+        worker_mode = "off"
     _check_startup(settings)
     _prepare_shared_state(settings)
-    run_gunicorn(settings, host=host, port=port, workers=workers, threads=threads)
+    run_gunicorn(
+        settings, host=host, port=port, workers=workers, threads=threads, worker_mode=worker_mode
+    )
 
 
 def _prepare_shared_state(settings) -> None:
@@ -101,21 +117,12 @@ def worker(config_file: str | None) -> None:
     Web processes can then run with DESKROUTE_RUN_WORKER=false; all of them share the
     deliveries through the database (PostgreSQL when they are on several machines).
     """
-    import signal
-    import threading
-
-    from plugin.state import AppState
+    from plugin.worker_process import run_worker_process
 
     settings = _settings_or_exit(config_file)
     _check_startup(settings)
-    state = AppState(settings)
-    stopped = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopped.set())
-    state.worker.start()
-    stopped.wait()
-    state.worker.stop()
-    state.store.dispose()
+    _prepare_shared_state(settings)
+    run_worker_process(settings, logging.getLevelName(logging.getLogger().level).lower())
 
 
 @main.command("check-config")

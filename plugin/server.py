@@ -4,19 +4,24 @@ The same app can be served by gunicorn directly::
 
     gunicorn --workers 2 --threads 8 --bind 127.0.0.1:8000 'plugin.wsgi:app'
 
-Each gunicorn process builds its own app, and so its own worker thread, after the fork:
-threads do not survive a fork, and the store's claims keep two processes off one delivery.
+``deskroute serve`` runs the pipeline in one worker process beside the web processes,
+started and restarted by the gunicorn arbiter. Served directly as above, each gunicorn
+process builds its own app, and so its own worker thread, after the fork. Either way the
+store's claims keep two workers off one delivery.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from gunicorn.app.base import BaseApplication
 
 
 class DeskrouteServer(BaseApplication):
-    def __init__(self, settings, options: dict):
+    def __init__(self, settings, options: dict, supervisor=None):
         self.settings = settings
         self.options = options
+        self.supervisor = supervisor
         super().__init__()
 
     def load_config(self) -> None:
@@ -29,7 +34,17 @@ class DeskrouteServer(BaseApplication):
         return create_app(self.settings)
 
 
-def run_gunicorn(settings, *, host: str, port: int, workers: int, threads: int) -> None:
+def run_gunicorn(
+    settings, *, host: str, port: int, workers: int, threads: int, worker_mode: str = "process"
+) -> None:
+    """Serve the app; ``worker_mode`` runs the pipeline in a process of its own (``process``),
+    in a thread of each web process (``thread``), or not at all (``off``)."""
+    supervisor = None
+    if worker_mode == "process":
+        from plugin.worker_process import WorkerSupervisor
+
+        supervisor = WorkerSupervisor(settings)
+    web_settings = dataclasses.replace(settings, run_worker=worker_mode == "thread")
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -41,4 +56,7 @@ def run_gunicorn(settings, *, host: str, port: int, workers: int, threads: int) 
         # The access log format leaves out query strings and headers, which may carry tokens.
         "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
     }
-    DeskrouteServer(settings, options).run()
+    if supervisor is not None:
+        options["when_ready"] = lambda _arbiter: supervisor.start()
+        options["on_exit"] = lambda _arbiter: supervisor.stop()
+    DeskrouteServer(web_settings, options).run()

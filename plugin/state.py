@@ -91,6 +91,7 @@ class AppState:
             "jira": settings.jira_account_id,
         }
         self._own_users_lock = threading.Lock()
+        self._wake_sender = None
         from plugin.worker import Worker
 
         self.worker = Worker(self)
@@ -118,4 +119,12 @@ class AppState:
         return self._own_users[helpdesk]
 
     def notify_worker(self) -> None:
-        self.worker.notify()
+        """Wake the worker thread of this process, or the worker process on this host."""
+        if self.settings.run_worker:
+            self.worker.notify()
+            return
+        if self._wake_sender is None:
+            from plugin.wakeup import WakeSender, socket_path
+
+            self._wake_sender = WakeSender(socket_path(self.settings.data_dir))
+        self._wake_sender.notify()

@@ -22,9 +22,11 @@ MAX_BACKOFF_SECONDS = 300.0
 class Worker:
     """Started by the app factory (or by tests, which call :meth:`drain` instead)."""
 
-    def __init__(self, state):
+    def __init__(self, state, receiver=None):
         self.state = state
         self.pipeline = Pipeline(state)
+        # A worker in a process of its own waits on a wake-up socket, else on an event.
+        self._receiver = receiver
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,9 +70,20 @@ class Worker:
                 self._stop.wait(poll * 10)
                 continue
             if not handled:
-                self._wake.wait(poll)
-                self._wake.clear()
+                self._idle(poll)
         log.info("worker stopped")
+
+    def _idle(self, timeout: float) -> None:
+        if self._receiver is not None:
+            self._receiver.wait(timeout)
+            return
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    def run_forever(self, stopped: threading.Event) -> None:
+        """Run the loop in the calling thread until ``stopped`` is set (worker processes)."""
+        self._stop = stopped
+        self._run()
 
     def run_once(self) -> bool:
         """Claim and handle one due delivery; return whether there was one."""

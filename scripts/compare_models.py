@@ -83,9 +83,10 @@ def main() -> int:
             result.update(set=name, model=model_name, seconds=round(time.perf_counter() - started))
             results.append(result)
             _print_row(result)
+            # Written after every model, so a long run that stops early keeps its results.
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2) + "\n")
     _print_table(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
@@ -148,7 +149,7 @@ def run_tfidf_lr(dataset) -> dict:
 
     split = Split(dataset)
     with tempfile.TemporaryDirectory() as folder:
-        metrics = train_model(dataset, folder, TrainConfig(name="compare"))
+        metrics = train_model(dataset, folder, TrainConfig(name="compare", tune=True))
         started = time.perf_counter()
         classifier = Classifier.load(folder)
         load_seconds = time.perf_counter() - started
@@ -160,6 +161,8 @@ def run_tfidf_lr(dataset) -> dict:
         size_bytes=size,
         load_seconds=round(load_seconds, 3),
         at_thresholds=metrics["test"]["at_thresholds"],
+        config={key: metrics["config"][key] for key in ("word_features", "char_features")}
+        | {"c": metrics["config"]["regularization_c"]},
     )
     return result
 
@@ -234,7 +237,7 @@ def run_gbt(dataset) -> dict:
     )
     train = features.fit_transform(split.train_texts, split.y_train)
     classifier = HistGradientBoostingClassifier(
-        max_iter=200,
+        max_iter=100,
         learning_rate=0.1,
         max_leaf_nodes=31,
         early_stopping=True,

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from model.cli import evaluate_command, train_command
 from model.data import DataError, load_dataset
 from model.inference import DEFAULT_MODEL_DIR, Classifier, ModelError, Prediction
-from model.train import TrainConfig, build_pipeline, split_indices, train_model
+from model.train import TUNING_GRID, TrainConfig, build_pipeline, split_indices, train_model
 
 SAMPLE = Path(__file__).parent / "fixtures" / "data" / "it-service-tickets-sample.csv"
 QUEUES = [
@@ -410,3 +410,45 @@ def test_shipped_model_matches_metrics():
     assert accuracy >= metrics["test"]["accuracy"] - 0.05
     for queue, entry in metrics["thresholds"].items():
         assert classifier.thresholds[queue] == entry["threshold"]
+
+
+def test_tune_picks_best_validation(sample, tmp_path):
+    config = TrainConfig(name="tuned", target_precision=0.8, tune=True)
+
+    metrics = train_model(sample, tmp_path, config)
+
+    tried = metrics["tuning"]
+    assert len(tried) == len(TUNING_GRID)
+    best = max(tried, key=lambda entry: entry["validation_accuracy"])
+    assert metrics["config"]["word_features"] == best["word_features"]
+    assert metrics["config"]["char_features"] == best["char_features"]
+    assert metrics["config"]["regularization_c"] == best["regularization_c"]
+    assert Classifier.load(tmp_path).predict("printer toner cartridge is empty").queue in QUEUES
+
+
+def test_evaluate_counts_unknown_labels(trained, tmp_path):
+    rows = sample_rows()[:40] + [{"text": "canteen menu for friday lunch", "queue": "Canteen"}]
+    path = write_csv(tmp_path / "t.csv", rows)
+
+    result = CliRunner().invoke(
+        evaluate_command,
+        ["--model", str(trained[0]), "--data", str(path), "--text", "text", "--label", "queue"]
+        + ["--json"],
+    )
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["unknown_labels"] == ["Canteen"]
+    assert report["rows"] == 41
+    assert report["confusion_matrix"]["labels"][-1] == "(unknown label)"
+    assert report["per_class"]["(unknown label)"]["support"] == 1
+
+
+def test_evaluate_missing_model(tmp_path):
+    result = CliRunner().invoke(
+        evaluate_command,
+        ["--model", str(tmp_path), "--data", str(SAMPLE), "--text", "text", "--label", "queue"],
+    )
+
+    assert result.exit_code == 1
+    assert "model file not found" in result.output

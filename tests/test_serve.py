@@ -82,6 +82,11 @@ class Server:
             time.sleep(0.2)
         raise AssertionError(f"no decision for ticket {ticket_id}: {self.output()}")
 
+    def wait_for_decision_after(self, payload: dict) -> list[dict]:
+        response = self.post(payload)
+        assert response.status_code == 202, response.text
+        return self.wait_for_decision(payload["detail"]["id"])
+
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
@@ -186,3 +191,36 @@ def test_worker_command_processes_stored_deliveries(data_dir):
         assert "worker stopped" in errors
     finally:
         web.stop()
+
+
+def worker_processes(server: Server) -> list[int]:
+    """Return the pids of the worker processes the gunicorn arbiter started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid"))
+        if int(parent) == server.process.pid and "spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_killed_worker_process_is_restarted(data_dir):
+    server = Server(data_dir)
+    try:
+        assert len(server.wait_for_decision_after(ticket_event("1005"))) == 1
+        [worker] = worker_processes(server)
+
+        os.kill(worker, signal.SIGKILL)
+        assert server.post(ticket_event("1006")).status_code == 202
+
+        assert len(server.wait_for_decision("1006")) == 1
+        assert worker_processes(server) != [worker]
+        assert "worker process" in server.output()
+    finally:
+        server.stop()

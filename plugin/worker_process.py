@@ -1,0 +1,101 @@
+"""The pipeline worker as a process of its own, started by ``deskroute serve`` or
+``deskroute worker``.
+
+Keeping the pipeline out of the web processes leaves their interpreter lock to intake, so
+acceptance stays fast while the worker classifies and writes back. Intake wakes the worker
+through :mod:`plugin.wakeup`.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+# Waits before starting a worker process again after it exited, in seconds.
+RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def run_worker_process(settings, log_level: str = "info") -> None:
+    """Run the worker loop in this process until SIGTERM or SIGINT."""
+    from plugin.cli import configure_logging
+    from plugin.state import AppState
+    from plugin.wakeup import WakeReceiver, socket_path
+    from plugin.worker import Worker
+
+    configure_logging(log_level)
+    state = AppState(settings)
+    try:
+        receiver = WakeReceiver(socket_path(settings.data_dir))
+    except OSError as exc:
+        # A data folder path too long for a Unix socket, for one: the worker still polls.
+        log.warning("no wake-up socket in %s (%s): polling only", settings.data_dir, exc)
+        receiver = None
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    try:
+        Worker(state, receiver).run_forever(stopped)
+    finally:
+        if receiver is not None:
+            receiver.close()
+        state.store.dispose()
+
+
+class WorkerSupervisor:
+    """Keeps one worker process running beside gunicorn; runs in the gunicorn arbiter."""
+
+    def __init__(self, settings, log_level: str = "info"):
+        self.settings = settings
+        self.log_level = log_level
+        self._stopping = threading.Event()
+        self._process = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._supervise, name="deskroute-supervisor", daemon=True
+        )
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        restarts = 0
+        while not self._stopping.is_set():
+            self._process = context.Process(
+                target=run_worker_process,
+                args=(self.settings, self.log_level),
+                name="deskroute-worker",
+            )
+            started = time.monotonic()
+            self._process.start()
+            log.info("worker process %s started", self._process.pid)
+            self._process.join()
+            if self._stopping.is_set():
+                break
+            # A worker that ran for a while before it died is restarted at once again.
+            restarts = 0 if time.monotonic() - started > 60 else restarts + 1
+            delay = RESTART_DELAYS[min(restarts, len(RESTART_DELAYS) - 1)]
+            log.error(
+                "worker process %s exited with code %s, starting another in %.0f s",
+                self._process.pid,
+                self._process.exitcode,
+                delay,
+            )
+            self._stopping.wait(delay)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self._stopping.set()
+        process = self._process
+        if process is not None and process.is_alive():
+            process.terminate()
+            process.join(timeout)
+            if process.is_alive():
+                log.warning("worker process %s did not stop, killing it", process.pid)
+                process.kill()
+        if self._thread is not None:
+            self._thread.join(timeout)
