@@ -43,6 +43,8 @@ class Prediction:
     guards: list[str] = field(default_factory=list)
     priority_signal: str | None = None
     model_version: str = ""
+    # Names of the text rules behind priority_signal, such as "outage" or "urgency words".
+    priority_rules: list[str] = field(default_factory=list)
 
     @property
     def meets_threshold(self) -> bool:
@@ -159,7 +161,7 @@ class Classifier:
             terms = self.explainer.terms(words, queue)
             if not guards:
                 guards = self.explainer.guards(normalized, words)
-        priority, _ = signals.priority_signal(normalized)
+        priority, priority_rules = signals.priority_signal(normalized)
 
         return Prediction(
             queue=queue,
@@ -171,4 +173,5 @@ class Classifier:
             guards=guards,
             priority_signal=priority,
             model_version=self.version,
+            priority_rules=priority_rules,
         )

@@ -1,6 +1,6 @@
 """Benchmark webhook intake and ticket-to-write-back latency on this machine, in one run.
 
-Part 1 starts ``deskroute serve`` (gunicorn, embedded SQLite, in-process worker) on a free
+Part 1 starts ``deskroute serve`` (gunicorn, embedded SQLite, worker process) on a free
 loopback port. An open-loop load generator sends it pre-built, signed
 ``zen:event-type:ticket.created`` deliveries. Each request has a due time at the target rate,
 and several client processes with keep-alive connections send them. It prints acceptance latency
@@ -305,13 +305,6 @@ class ServeProcess:
                 "DESKROUTE_RUN_WORKER": "true" if run_worker else "false",
             }
         )
-        # The schema is created here, before gunicorn forks, because two processes that find
-        # no tables in a fresh database both run CREATE TABLE and the second fails to boot.
-        from plugin.store import Store
-
-        store = Store(f"sqlite:///{data_dir / 'deskroute.sqlite3'}")
-        store.create_schema()
-        store.dispose()
         self.log_path = data_dir / "serve.log"
         self.log = self.log_path.open("w")
         command = [str(DESKROUTE), "serve", "--port", str(self.port)]
@@ -347,7 +340,12 @@ class ServeProcess:
                 fields = (entry / "stat").read_text().rpartition(")")[2].split()
             except OSError:
                 continue
-            if int(fields[1]) == self.process.pid:
+            if int(fields[1]) != self.process.pid:
+                continue
+            # The pipeline's worker process and multiprocessing's resource tracker are
+            # children of the arbiter too, but no gunicorn workers.
+            command = (entry / "cmdline").read_bytes()
+            if b"multiprocessing" not in command:
                 children.append(int(entry.name))
         return children
 

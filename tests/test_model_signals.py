@@ -186,3 +186,5 @@ def test_shipped_model_explains_and_guards():
     assert not german.meets_threshold
     assert german.priority_signal == "high"
     assert outage.priority_signal == "urgent"
+    assert outage.priority_rules == ["outage"]
+    assert outage.to_dict()["priority_rules"] == ["outage"]
