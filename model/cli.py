@@ -52,7 +52,7 @@ TRAIN_MODULES = ("sklearn", "skl2onnx", "onnx")
     default=DEFAULT_OUT,
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder that receives model.onnx and metrics.json.",
+    help="Folder that receives model.onnx, metrics.json and terms.json.",
 )
 @click.option(
     "--target-precision",
@@ -175,7 +175,7 @@ def train_command(
     "model_dir",
     required=True,
     type=click.Path(exists=True, path_type=Path),
-    help="Model folder with model.onnx and metrics.json.",
+    help="Model folder with model.onnx, metrics.json and terms.json.",
 )
 @click.option(
     "--data",

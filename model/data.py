@@ -136,10 +136,10 @@ def load_dataset(
         # A fallback queue that is still smaller than min_rows cannot be split into train,
         # validation and test rows, so its rows are dropped and counted instead.
         if 0 < labels.count(fallback_label) < min_rows:
-            kept = [i for i, label in enumerate(labels) if label != fallback_label]
-            dropped_rare = len(labels) - len(kept)
-            texts = [texts[i] for i in kept]
-            labels = [labels[i] for i in kept]
+            kept_rows = [i for i, label in enumerate(labels) if label != fallback_label]
+            dropped_rare = len(labels) - len(kept_rows)
+            texts = [texts[i] for i in kept_rows]
+            labels = [labels[i] for i in kept_rows]
         distinct = sorted(set(labels))
         if len(distinct) < 2:
             found = repr(distinct[0]) if distinct else "none"

@@ -79,7 +79,10 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Classifier:
-        """Load a model folder (``model.onnx`` and ``metrics.json``); None loads model/default/.
+        """Load a model folder; None loads the shipped model in model/default/.
+
+        The folder contains ``model.onnx`` and ``metrics.json``, and ``terms.json`` when the model
+        has explanation terms.
 
         Raises :class:`ModelError` when a file is missing, the metrics file does not belong
         to the ONNX file, or the model's outputs do not match the label list.

@@ -52,6 +52,8 @@ def normalize_text(text: str) -> str:
     """
     if not text:
         return ""
+    if "Ã" in text or "Â" in text:
+        text = repair_mojibake(text)
     if _HTML_HINT.search(text):
         text = strip_html(text)
     text = cut_quoted(text)
@@ -78,19 +80,33 @@ def strip_html(text: str) -> str:
     return html.unescape(text)
 
 
+def repair_mojibake(text: str) -> str:
+    """Undo UTF-8 text that was decoded as Windows-1252 or Latin-1 (``rÃ¼ckruf`` to ``rückruf``).
+
+    Returns the text unchanged when it does not round-trip, which is the case for text that
+    really contains these letters.
+    """
+    for codec in ("cp1252", "latin-1"):
+        try:
+            return text.encode(codec).decode("utf-8")
+        except UnicodeError:
+            continue
+    return text
+
+
 def cut_quoted(text: str) -> str:
     """Remove quoted lines and cut the text at the first reply, forward or signature marker.
 
     A header block at the very top (a forwarded mail that became the ticket) is dropped
     and the body below it kept, because cutting there would leave nothing.
     """
-    kept: list[str] = []
+    kept_lines: list[str] = []
     in_top_header = False
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith(">"):
             continue
-        has_content = any(part.strip() for part in kept)
+        has_content = any(part.strip() for part in kept_lines)
         if not has_content and (_HEADER_START.match(line) or in_top_header):
             in_top_header = bool(_HEADER_LINE.match(line))
             if in_top_header:
@@ -101,8 +117,8 @@ def cut_quoted(text: str) -> str:
             if has_content:
                 break
             continue
-        kept.append(line)
-    return "\n".join(kept)
+        kept_lines.append(line)
+    return "\n".join(kept_lines)
 
 
 def fold_accents(text: str) -> str:

@@ -1,7 +1,7 @@
 """Training, ONNX export and threshold calibration of the ticket classifier.
 
 Needs the ``train`` extra (scikit-learn, skl2onnx, onnx). The result is a folder with
-``model.onnx`` (one string in, class probabilities out) and ``metrics.json`` beside it.
+``model.onnx`` (one string in, class probabilities out), ``metrics.json`` and ``terms.json``.
 
 Steps:
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -206,7 +207,7 @@ def train_model(
     config: TrainConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Train, export, check and calibrate a model; write model.onnx and metrics.json.
+    """Train, export, check and calibrate a model; write model.onnx, metrics.json, terms.json.
 
     Returns the metrics dict. Raises :class:`DataError` for unusable data and
     RuntimeError when the exported model disagrees with scikit-learn.
@@ -238,7 +239,6 @@ def train_model(
 
     step("exporting to ONNX")
     onnx_bytes = export_onnx(pipeline)
-    (out / MODEL_FILE).write_bytes(onnx_bytes)
     session = session_for(onnx_bytes)
 
     step("checking ONNX against scikit-learn")
@@ -302,11 +302,17 @@ def train_model(
         list(config.languages),
     )
     terms = {"model_version": metrics["model_version"], **terms}
-    (out / TERMS_FILE).write_text(json.dumps(terms, ensure_ascii=False) + "\n")
     metrics["text_profile"] = {
         key: terms[key] for key in ("languages", "language_source", "scripts", "min_known_share")
     }
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    _write_model_files(
+        out,
+        {
+            MODEL_FILE: onnx_bytes,
+            TERMS_FILE: (json.dumps(terms, ensure_ascii=False) + "\n").encode(),
+            METRICS_FILE: (json.dumps(metrics, indent=2, ensure_ascii=False) + "\n").encode(),
+        },
+    )
     logger.info(
         "trained %s: test accuracy %.4f, macro-F1 %.4f",
         metrics["model_version"],
@@ -314,6 +320,22 @@ def train_model(
         metrics["test"]["macro_f1"],
     )
     return metrics
+
+
+def _write_model_files(out: Path, files: dict[str, bytes]) -> None:
+    """Write all files of a model folder only after every check passed.
+
+    Each file goes to a temporary name first and is then renamed, so a failed run leaves
+    the previous model in place. A reader that loads during the renames can still see a
+    mixed folder, which Classifier.load rejects through the version check.
+    """
+    staged = []
+    for name, content in files.items():
+        temporary = out / f".{name}.tmp"
+        temporary.write_bytes(content)
+        staged.append((temporary, out / name))
+    for temporary, target in staged:
+        os.replace(temporary, target)
 
 
 def _tune(texts, y, train, validation, config: TrainConfig):

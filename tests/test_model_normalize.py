@@ -68,6 +68,16 @@ def test_accents_case_and_whitespace():
     )
 
 
+def test_mojibake_is_repaired():
+    assert normalize_text("bitte um rÃ¼ckruf, mit freundlichen grÃ¼ssen") == (
+        "bitte um ruckruf, mit freundlichen grussen"
+    )
+
+
+def test_real_a_tilde_is_kept():
+    assert normalize_text("São Paulo office: Ã is a letter") == "sao paulo office: a is a letter"
+
+
 def test_control_characters_become_spaces():
     assert normalize_text("disk\x01full\x00now\u200b!") == "disk full now !"
 
