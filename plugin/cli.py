@@ -39,8 +39,12 @@ def main(log_level: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
-@click.option("--workers", default=1, show_default=True, type=int, help="gunicorn processes.")
-@click.option("--threads", default=8, show_default=True, type=int, help="Threads per process.")
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(1), help="gunicorn processes."
+)
+@click.option(
+    "--threads", default=8, show_default=True, type=click.IntRange(1), help="Threads per process."
+)
 @click.option(
     "--worker",
     "worker_mode",
@@ -88,24 +92,41 @@ def _prepare_shared_state(settings) -> None:
 
 
 def _check_startup(settings) -> None:
-    """Load policy and model once before forking, so that errors show before the server runs."""
+    """Load policy, model and connectors once before gunicorn forks, so that a bad setting
+    stops the command with its message instead of failing every process that boots.
+
+    The check runs in a child process: onnxruntime loaded in the gunicorn arbiter leaves
+    its forked workers hanging at exit.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        error, summary = pool.apply(_startup_problem, (settings,))
+    if error:
+        raise click.ClickException(error)
+    log.info("%s", summary)
+
+
+def _startup_problem(settings) -> tuple[str | None, str]:
+    """Return the first problem with policy, model or connectors, and a summary line."""
     from model.inference import Classifier, ModelError
     from plugin.policy import Policy
+    from plugin.state import build_connectors
 
     try:
         policy = Policy.load(settings.policy_file)
         classifier = Classifier.load(settings.model_dir)
-    except (PolicyError, ModelError) as exc:
-        raise click.ClickException(str(exc)) from None
+        build_connectors(settings, policy)
+    except (PolicyError, ModelError, ValueError) as exc:
+        return str(exc), ""
     mode = settings.mode or policy.mode
-    if not settings.zendesk_configured and mode != "shadow":
-        log.warning("mode %s requested but no Zendesk credentials are set: shadow mode", mode)
-    log.info(
-        "model %s with %s queues, policy %s, database %s",
-        classifier.version,
-        len(classifier.labels),
-        policy.source,
-        settings.resolved_database_url().split("@")[-1],
+    if not settings.zendesk_configured and not settings.jira_configured and mode != "shadow":
+        log.warning("mode %s requested but no help desk credentials are set: shadow mode", mode)
+    database = settings.resolved_database_url().split("@")[-1]
+    return None, (
+        f"model {classifier.version} with {len(classifier.labels)} queues, "
+        f"policy {policy.source}, database {database}"
     )
 
 
@@ -131,6 +152,7 @@ def check_config(config_file: str | None) -> None:
     """Validate settings, policy and model; print them with secrets shown as [secure]."""
     from model.inference import Classifier, ModelError
     from plugin.policy import Policy
+    from plugin.state import build_connectors
 
     settings = _settings_or_exit(config_file)
     try:
@@ -141,6 +163,10 @@ def check_config(config_file: str | None) -> None:
         classifier = Classifier.load(settings.model_dir)
     except ModelError as exc:
         raise click.ClickException(f"model: {exc}") from None
+    try:
+        build_connectors(settings, policy)
+    except ValueError as exc:
+        raise click.ClickException(f"connectors: {exc}") from None
     report = {
         "settings": settings.redacted(),
         "database": settings.resolved_database_url().split("@")[-1],

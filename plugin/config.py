@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "DESKROUTE_"
+# A DNS label, as Zendesk subdomains are.
+ZENDESK_SUBDOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 MODES = ("shadow", "suggest", "auto")
 
 
@@ -145,7 +148,24 @@ class Settings:
             if isinstance(value, Secret):
                 value = "[secure]"
             shown[item.name] = value
+        if self.database_url:
+            shown["database_url"] = redact_url(self.database_url)
         return shown
+
+
+def redact_url(url: str) -> str:
+    """Return a database URL with its password shown as ``[secure]``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "[secure]"
+    if parsed.password is None:
+        return parsed.render_as_string(hide_password=False)
+    shown = parsed.set(password="secure").render_as_string(hide_password=False)
+    return shown.replace(":secure@", ":[secure]@", 1)
 
 
 def _is_secret_field(item: dataclasses.Field) -> bool:
@@ -219,7 +239,14 @@ def load_settings(
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        document = document.get("deskroute", document)
+        if "deskroute" in document:
+            others = sorted(key for key in document if key != "deskroute")
+            if others:
+                raise ConfigError(
+                    f"{path}: settings belong under [deskroute] or at the top level, not both: "
+                    f"move {', '.join(others)}"
+                )
+            document = document["deskroute"]
         for name, raw in document.items():
             if name not in by_name:
                 raise ConfigError(f"unknown setting {name!r} in {path}")
@@ -249,6 +276,27 @@ def validate_settings(settings: Settings) -> None:
         raise ConfigError("signature_tolerance_seconds: must be positive")
     if settings.max_attempts < 1:
         raise ConfigError("max_attempts: must be at least 1")
+    for name in (
+        "lease_seconds",
+        "worker_poll_seconds",
+        "zendesk_timeout_seconds",
+        "jira_timeout_seconds",
+        "enrichment_timeout_seconds",
+    ):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{name}: must be positive, got {getattr(settings, name)}")
+    for name in ("retry_base_seconds", "enrichment_cache_seconds"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name}: must not be negative, got {getattr(settings, name)}")
+    if settings.zendesk_subdomain is not None and not ZENDESK_SUBDOMAIN.match(
+        settings.zendesk_subdomain
+    ):
+        raise ConfigError(
+            f"zendesk_subdomain: invalid value {settings.zendesk_subdomain!r}, expected the "
+            "lower-case first label of YOUR-SUBDOMAIN.zendesk.com"
+        )
+    if not settings.own_tag or re.search(r"\s", settings.own_tag):
+        raise ConfigError(f"own_tag: invalid value {settings.own_tag!r}, a tag has no spaces")
     partial = [
         name
         for name in ("zendesk_subdomain", "zendesk_email", "zendesk_token")

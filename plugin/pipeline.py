@@ -15,7 +15,7 @@ from typing import Any
 from connectors.base import ConnectorError, WriteBack
 from plugin.note import render_note
 from plugin.policy import Decision
-from plugin.store import DONE, IGNORED, Delivery
+from plugin.store import DONE, IGNORED, DecisionExists, Delivery
 from plugin.tickets import TICKET_CREATED, Ticket, TicketEvent
 
 log = logging.getLogger(__name__)
@@ -143,35 +143,54 @@ class Pipeline:
         )
         timings["policy_ms"] = _ms(step_started)
 
-        decision_id = store.add_decision(
-            helpdesk=event.helpdesk,
-            ticket_id=ticket.id,
-            delivery_id=event.delivery_id,
-            mode=mode,
-            model_version=prediction.model_version,
-            queue=decision.queue,
-            priority=decision.priority,
-            action=decision.action,
-            confidence=prediction.confidence,
-            prediction=prediction.to_dict(),
-            decision={**decision.to_dict(), "target": target},
-            account=account.to_dict() if account is not None else None,
-            status="recorded",
-            timings=timings,
-        )
-        note = render_note(decision, mode=mode, decision_id=decision_id, account=account)
-        overridden = store.overridden_fields(event.helpdesk, ticket.id)
-        writeback, held = self.state.policy.writeback_for(
-            decision, ticket, mode=mode, helpdesk=event.helpdesk, note=note, overridden=overridden
-        )
-        decision.reasons.extend(held)
-        request = _writeback_dict(writeback)
-        store.update_decision(
-            decision_id,
-            decision={**decision.to_dict(), "target": target},
-            writeback_request=request,
-            status="recorded" if writeback is not None else "skipped",
-        )
+        outcome: dict[str, Any] = {}
+
+        def complete(decision_id: int) -> dict[str, Any]:
+            # The note names the decision id, so it is written in the insert's transaction.
+            note = render_note(decision, mode=mode, decision_id=decision_id, account=account)
+            writeback, held = self.state.policy.writeback_for(
+                decision,
+                ticket,
+                mode=mode,
+                helpdesk=event.helpdesk,
+                note=note,
+                overridden=store.overridden_fields(event.helpdesk, ticket.id),
+            )
+            decision.reasons.extend(held)
+            outcome["writeback"] = writeback
+            return {
+                "decision": {**decision.to_dict(), "target": target},
+                "writeback_request": _writeback_dict(writeback),
+                "status": "recorded" if writeback is not None else "skipped",
+            }
+
+        try:
+            decision_id = store.add_decision(
+                complete=complete,
+                helpdesk=event.helpdesk,
+                ticket_id=ticket.id,
+                delivery_id=event.delivery_id,
+                mode=mode,
+                model_version=prediction.model_version,
+                queue=decision.queue,
+                priority=decision.priority,
+                action=decision.action,
+                confidence=prediction.confidence,
+                prediction=prediction.to_dict(),
+                decision={**decision.to_dict(), "target": target},
+                account=account.to_dict() if account is not None else None,
+                status="recorded",
+                timings=timings,
+            )
+        except DecisionExists:
+            log.info(
+                "%s ticket %s was decided by another delivery meanwhile, delivery %s ignored",
+                event.helpdesk,
+                ticket.id,
+                event.delivery_id,
+            )
+            return IGNORED
+        writeback = outcome["writeback"]
         if writeback is None:
             timings["total_ms"] = _ms(started)
             store.update_decision(decision_id, timings=timings)

@@ -158,6 +158,9 @@ class Policy:
             jira_options = JiraOptions.from_table(self.helpdesk_options.get("jira"))
         except ValueError as exc:
             raise PolicyError(f"{self.source}: jira: {exc}") from None
+        for name, table in self.document.get("queues", {}).items():
+            if not isinstance(table.get("auto", True), bool):
+                raise PolicyError(f"{self.source}: queues.{name}.auto must be true or false")
         for queue in self.queues.values():
             jira = queue.targets.get("jira")
             if jira is not None:

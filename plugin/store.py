@@ -107,7 +107,9 @@ decisions = Table(
     # recorded, applied, skipped or failed: what became of the write-back.
     Column("status", String(16), nullable=False),
     Column("timings", JSON),
-    Index("ix_decisions_ticket", "helpdesk", "ticket_id"),
+    # One routing decision per ticket: two workers racing on two deliveries for the same
+    # new ticket cannot both decide it.
+    Index("ix_decisions_ticket", "helpdesk", "ticket_id", unique=True),
     Index("ix_decisions_delivery", "helpdesk", "delivery_id"),
 )
 
@@ -128,6 +130,21 @@ feedback = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_feedback_ticket", "helpdesk", "ticket_id"),
 )
+
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("identity", String(200), primary_key=True),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+)
+
+
+class DecisionExists(Exception):
+    """Another delivery already decided this ticket."""
 
 
 def _worker_identity() -> str:
@@ -184,7 +201,10 @@ class Store:
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                # The database holds ticket text: a new folder and file are the owner's only.
+                os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+                if not os.path.exists(path):
+                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             self.engine = create_engine(url, connect_args={"timeout": 10})
             _configure_sqlite(self.engine)
         else:
@@ -350,6 +370,49 @@ class Store:
                 released += 1
         return released
 
+    def extend_lease(self, row_id: int) -> bool:
+        """Push the lease of a delivery this store claimed forward; return whether it still
+        holds the claim."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.id == row_id,
+                    deliveries.c.status == PROCESSING,
+                    deliveries.c.claimed_by == self.identity,
+                )
+                .values(claimed_until=self.clock() + self.lease_seconds)
+            )
+        return result.rowcount == 1
+
+    def heartbeat(self, started_at: float) -> None:
+        """Record that this store's worker is alive, for ``/healthz``."""
+        now = self.clock()
+        host, pid = socket.gethostname(), os.getpid()
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                update(workers).where(workers.c.identity == self.identity).values(last_seen=now)
+            )
+            if updated.rowcount == 0:
+                conn.execute(
+                    insert(workers).values(
+                        identity=self.identity,
+                        host=host,
+                        pid=pid,
+                        started_at=started_at,
+                        last_seen=now,
+                    )
+                )
+            # Rows of workers silent for a day are of no use to anyone.
+            conn.execute(workers.delete().where(workers.c.last_seen < now - 86400))
+
+    def live_workers(self, within_seconds: float) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(workers).where(workers.c.last_seen >= self.clock() - within_seconds)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
     def finish_delivery(self, row_id: int, status: str, error: str | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(
@@ -411,10 +474,15 @@ class Store:
             ).all()
         return [dict(row._mapping) for row in rows]
 
-    def list_deliveries(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list_deliveries(
+        self, status: str | None = None, limit: int = 100, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Return deliveries newest first; ``before`` pages on to ids below it."""
         query = select(deliveries).order_by(deliveries.c.id.desc()).limit(limit)
         if status:
             query = query.where(deliveries.c.status == status)
+        if before is not None:
+            query = query.where(deliveries.c.id < before)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         shown = []
@@ -437,11 +505,29 @@ class Store:
 
     # Decisions
 
-    def add_decision(self, **values: Any) -> int:
+    def add_decision(self, complete=None, **values: Any) -> int:
+        """Insert a decision and return its id; raise :class:`DecisionExists` for a decided ticket.
+
+        ``complete(decision_id)`` may return more values, such as the write-back request
+        whose note names the id; they are stored in the same transaction, so a crash
+        cannot leave a decision without its write-back request.
+        """
         values.setdefault("created_at", self.clock())
-        with self.engine.begin() as conn:
-            result = conn.execute(insert(decisions).values(**values))
-        return int(result.inserted_primary_key[0])
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(insert(decisions), values)
+                decision_id = int(result.inserted_primary_key[0])
+                if complete is not None:
+                    conn.execute(
+                        update(decisions)
+                        .where(decisions.c.id == decision_id)
+                        .values(**complete(decision_id))
+                    )
+        except IntegrityError as exc:
+            if self.latest_decision(values["helpdesk"], values["ticket_id"]) is None:
+                raise
+            raise DecisionExists(f"{values['helpdesk']} ticket {values['ticket_id']}") from exc
+        return decision_id
 
     def update_decision(self, decision_id: int, **values: Any) -> None:
         with self.engine.begin() as conn:

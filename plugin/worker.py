@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from plugin.pipeline import Pipeline, StepFailed
 from plugin.store import FAILED, Delivery
@@ -17,6 +18,46 @@ log = logging.getLogger(__name__)
 
 # Maximum wait between two attempts of one delivery, in seconds.
 MAX_BACKOFF_SECONDS = 300.0
+# How often a running worker records that it is alive, in seconds.
+HEARTBEAT_SECONDS = 5.0
+
+
+class LeaseKeeper:
+    """Extends the lease of the delivery being processed until the ``with`` block ends.
+
+    A slow step, such as waiting out a help desk's rate limit, would otherwise let the
+    lease run out, and a second worker would process the same delivery.
+    """
+
+    def __init__(self, store, delivery: Delivery, interval: float):
+        self.store = store
+        self.delivery = delivery
+        self.interval = max(interval, 0.05)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="deskroute-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _keep(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                held = self.store.extend_lease(self.delivery.id)
+            except Exception:  # noqa: BLE001 - the next interval tries again
+                log.exception("delivery %s: extending the lease failed", self.delivery.delivery_id)
+                continue
+            if not held:
+                log.warning(
+                    "%s delivery %s: claim lost to another worker",
+                    self.delivery.helpdesk,
+                    self.delivery.delivery_id,
+                )
+                return
 
 
 class Worker:
@@ -60,8 +101,13 @@ class Worker:
             )
         log.info("worker started")
         poll = self.state.settings.worker_poll_seconds
+        started_at = time.time()
+        last_beat = 0.0
         while not self._stop.is_set():
             try:
+                if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                    self.state.store.heartbeat(started_at)
+                    last_beat = time.monotonic()
                 handled = self.run_once()
             except Exception:
                 # The store itself failed (database down or locked): wait and try again,
@@ -104,7 +150,8 @@ class Worker:
         store = self.state.store
         settings = self.state.settings
         try:
-            status = self.pipeline.process(delivery)
+            with LeaseKeeper(store, delivery, settings.lease_seconds / 3):
+                status = self.pipeline.process(delivery)
         except StepFailed as exc:
             self._fail(delivery, exc.step, exc.message, exc.transient, exc.retry_after)
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -20,8 +21,12 @@ log = logging.getLogger(__name__)
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
-def run_worker_process(settings, log_level: str = "info") -> None:
-    """Run the worker loop in this process until SIGTERM or SIGINT."""
+def run_worker_process(settings, log_level: str = "info", watch_parent: bool = False) -> None:
+    """Run the worker loop in this process until SIGTERM or SIGINT.
+
+    With ``watch_parent`` the loop also stops when the parent process dies, so a worker
+    started by a ``deskroute serve`` that was killed does not go on with old settings.
+    """
     from plugin.cli import configure_logging
     from plugin.state import AppState
     from plugin.wakeup import WakeReceiver, socket_path
@@ -38,12 +43,23 @@ def run_worker_process(settings, log_level: str = "info") -> None:
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
+    if watch_parent:
+        threading.Thread(
+            target=_stop_when_orphaned, args=(os.getppid(), stopped), daemon=True
+        ).start()
     try:
         Worker(state, receiver).run_forever(stopped)
     finally:
         if receiver is not None:
             receiver.close()
         state.store.dispose()
+
+
+def _stop_when_orphaned(parent: int, stopped: threading.Event) -> None:
+    while not stopped.wait(1.0):
+        if os.getppid() != parent:
+            log.warning("parent process %s is gone, worker process stopping", parent)
+            stopped.set()
 
 
 class WorkerSupervisor:
@@ -68,13 +84,17 @@ class WorkerSupervisor:
         while not self._stopping.is_set():
             self._process = context.Process(
                 target=run_worker_process,
-                args=(self.settings, self.log_level),
+                args=(self.settings, self.log_level, True),
                 name="deskroute-worker",
             )
             started = time.monotonic()
             self._process.start()
             log.info("worker process %s started", self._process.pid)
             self._process.join()
+            # A worker that exits cleanly was told to stop, usually by the same shutdown that
+            # is about to call stop(); give that a moment before starting another.
+            if self._process.exitcode == 0 and self._stopping.wait(5.0):
+                break
             if self._stopping.is_set():
                 break
             # A worker that ran for a while before it died is restarted at once again.
