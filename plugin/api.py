@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
 
+# Largest id the routes accept: ids are 32-bit integer columns on PostgreSQL.
+MAX_ID = 2**31 - 1
+
 
 def require_token(view):
     """Reject the request with 401 unless it carries the configured bearer token."""
@@ -102,7 +105,7 @@ def list_decisions():
     )
 
 
-@bp.get("/decisions/<int:decision_id>")
+@bp.get(f"/decisions/<int(max={MAX_ID}):decision_id>")
 @require_token
 def show_decision(decision_id: int):
     row = current_app.extensions["deskroute"].store.get_decision(decision_id)
@@ -118,7 +121,7 @@ class FeedbackBody(Schema):
     actor = fields.String(allow_none=True, validate=validate.Length(max=200))
 
 
-@bp.post("/decisions/<int:decision_id>/feedback")
+@bp.post(f"/decisions/<int(max={MAX_ID}):decision_id>/feedback")
 @require_token
 def add_feedback(decision_id: int):
     store = current_app.extensions["deskroute"].store
@@ -155,14 +158,20 @@ def add_feedback(decision_id: int):
 @bp.get("/deliveries")
 @require_token
 def list_deliveries():
-    status = request.args.get("status")
-    if status is not None and status not in DELIVERY_STATUSES:
-        raise APIError(400, "invalid_payload", f"invalid field status: {status!r}", field="status")
+    query = intake.validate(DeliveryQuery(), request.args.to_dict())
     store = current_app.extensions["deskroute"].store
-    return jsonify({"counts": store.delivery_counts(), "deliveries": store.list_deliveries(status)})
+    rows = store.list_deliveries(query.get("status"), query["limit"], query.get("before"))
+    return jsonify({"counts": store.delivery_counts(), "deliveries": rows})
 
 
-@bp.get("/deliveries/<int:row_id>")
+class DeliveryQuery(Schema):
+    status = fields.String(validate=validate.OneOf(DELIVERY_STATUSES))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    # The id of the last delivery of the previous page: newer ones are left out.
+    before = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
+
+
+@bp.get(f"/deliveries/<int(max={MAX_ID}):row_id>")
 @require_token
 def show_delivery(row_id: int):
     store = current_app.extensions["deskroute"].store
@@ -183,7 +192,7 @@ def show_delivery(row_id: int):
     )
 
 
-@bp.post("/deliveries/<int:row_id>/retry")
+@bp.post(f"/deliveries/<int(max={MAX_ID}):row_id>/retry")
 @require_token
 def retry_delivery(row_id: int):
     state = current_app.extensions["deskroute"]

@@ -44,6 +44,8 @@ def parse_json(body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise APIError(400, "invalid_json", "request body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise APIError(400, "invalid_payload", "request body must be a JSON object")
     return payload
@@ -73,6 +75,21 @@ def _first_error(messages: Any, prefix: str = "") -> tuple[str, str]:
     return prefix or "body", str(messages)
 
 
+# Longest delivery id stored, in characters; the column is 200 wide.
+MAX_DELIVERY_ID = 200
+
+
+def check_delivery_id(delivery_id: str, source: str) -> str:
+    """Return ``delivery_id``, or raise 400 when it cannot be stored as a key."""
+    if len(delivery_id) > MAX_DELIVERY_ID or not delivery_id.isprintable():
+        raise APIError(
+            400,
+            "invalid_delivery_id",
+            f"{source} must be at most {MAX_DELIVERY_ID} printable characters",
+        )
+    return delivery_id
+
+
 def ignore(helpdesk: str, delivery_id: str | None, event_type: str, reason: str):
     """Return 200 for a delivery deskroute skips on purpose, so the sender does not retry."""
     unsupported_log.info(
@@ -84,6 +101,7 @@ def ignore(helpdesk: str, delivery_id: str | None, event_type: str, reason: str)
 def accept(event: TicketEvent):
     """Store the event durably, wake the worker and return 202 (200 for a known delivery)."""
     app_state = state()
+    check_delivery_id(event.delivery_id, "the delivery id")
     row_id, created = app_state.store.add_delivery(event.to_dict())
     if not created:
         log.info(

@@ -147,3 +147,55 @@ def test_replay_rejects_unknown_column(tmp_path, monkeypatch):
 
     assert result.exit_code == 1
     assert "column 'body' not found" in result.output
+
+
+def test_database_password_is_redacted():
+    settings = load_settings(
+        environ={"DESKROUTE_DATABASE_URL": "postgresql+psycopg://deskroute:pa55word@db/deskroute"}
+    )
+
+    shown = settings.redacted()["database_url"]
+
+    assert "pa55word" not in shown
+    assert shown == "postgresql+psycopg://deskroute:[secure]@db/deskroute"
+
+
+@pytest.mark.parametrize("subdomain", ["acme.zendesk.com", "Acme", "-acme", "acme_support"])
+def test_invalid_zendesk_subdomain_is_rejected(subdomain):
+    environ = {
+        "DESKROUTE_ZENDESK_SUBDOMAIN": subdomain,
+        "DESKROUTE_ZENDESK_EMAIL": "deskroute@example.com",
+        "DESKROUTE_ZENDESK_TOKEN": "t",
+    }
+
+    with pytest.raises(ConfigError, match="zendesk_subdomain"):
+        load_settings(environ=environ)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("lease_seconds", "-5"), ("worker_poll_seconds", "0"), ("retry_base_seconds", "-1")],
+)
+def test_out_of_range_durations_are_rejected(name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_settings(environ={f"DESKROUTE_{name.upper()}": value})
+
+
+def test_top_level_keys_beside_deskroute_table_are_rejected(tmp_path):
+    config = tmp_path / "deskroute.toml"
+    config.write_text('mode = "yolo"\n[deskroute]\nmax_attempts = 3\n')
+
+    with pytest.raises(ConfigError, match="move mode"):
+        load_settings(config, environ={})
+
+
+def test_serve_stops_before_forking_on_bad_policy(tmp_path, monkeypatch):
+    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[queues.Hardware]\npriority = "asap"\n')
+    monkeypatch.setenv("DESKROUTE_POLICY_FILE", str(policy))
+
+    result = CliRunner().invoke(main, ["serve", "--port", "1"])
+
+    assert result.exit_code == 1
+    assert "queues.Hardware.priority 'asap'" in result.output

@@ -378,13 +378,15 @@ def test_feedback_without_decision(client, jwks, signing_key):
     assert response.status_code == 404
 
 
-def test_feedback_stale_decision(client, store, jwks, signing_key):
-    first = add_decision(store)
+def test_feedback_for_other_decision_is_409(client, store, jwks, signing_key):
+    # A panel left open shows a decision id; an answer must name the issue's decision.
     add_decision(store)
+    other = add_decision(store, "HR-7")
 
-    response = post_action(client, signing_key, {"action": "accept", "decision_id": first})
+    response = post_action(client, signing_key, {"action": "accept", "decision_id": other})
 
     assert response.status_code == 409
+    assert store.feedback_for_ticket("jira", "ITSD-42") == []
 
 
 def test_feedback_goes_to_token_issue(client, store, jwks, signing_key):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 from plugin import create_app
 from plugin.store import FAILED, IGNORED
@@ -14,6 +15,8 @@ def created_event(ticket_id="5158", subject=None, description=None):
     payload = load_fixture("zendesk/event_ticket_created.json")
     payload["detail"]["id"] = ticket_id
     payload["subject"] = f"zen:ticket:{ticket_id}"
+    # Each call is a new event: Zendesk deduplicates on the event id.
+    payload["id"] = str(uuid.uuid4())
     if subject is not None:
         payload["detail"]["subject"] = subject
     if description is not None:
@@ -75,8 +78,9 @@ def test_duplicate_delivery_is_decided_once(app, client):
 
 
 def test_second_created_delivery_for_same_ticket_is_ignored(app, client):
-    post_zendesk(client, created_event("78"), invocation_id="first")
-    post_zendesk(client, created_event("78"), invocation_id="second")
+    first, second = created_event("78"), created_event("78")
+    post_zendesk(client, first)
+    post_zendesk(client, second)
     app.extensions["deskroute"].worker.drain()
 
     assert len(decisions(client, "78")) == 1
@@ -84,7 +88,7 @@ def test_second_created_delivery_for_same_ticket_is_ignored(app, client):
         row["delivery_id"]: row["status"]
         for row in app.extensions["deskroute"].store.list_deliveries()
     }
-    assert statuses["second"] == IGNORED
+    assert statuses[second["id"]] == IGNORED
 
 
 def test_delivery_survives_restart_before_processing(tmp_path, classifier):

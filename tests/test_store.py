@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from plugin.store import DONE, FAILED, PENDING, PROCESSING, Store
 
 
@@ -197,3 +199,65 @@ def test_finish_marks_done(database_url):
 
     assert store.get_delivery(delivery.id).status == DONE
     assert store.claim_next() is None
+
+
+def decision_values(ticket_id="101", delivery_id="d-1"):
+    return {
+        "helpdesk": "zendesk",
+        "ticket_id": ticket_id,
+        "delivery_id": delivery_id,
+        "mode": "shadow",
+        "action": "auto_route",
+        "decision": {"queue": "Hardware"},
+        "status": "recorded",
+    }
+
+
+def test_second_decision_for_ticket_is_rejected(database_url):
+    from plugin.store import DecisionExists
+
+    store = make_store(database_url)
+    store.add_decision(**decision_values(delivery_id="d-1"))
+
+    with pytest.raises(DecisionExists):
+        store.add_decision(**decision_values(delivery_id="d-2"))
+    assert len(store.decisions_for_ticket("zendesk", "101")) == 1
+
+
+def test_decision_completion_is_stored_with_insert(database_url):
+    store = make_store(database_url)
+
+    decision_id = store.add_decision(
+        complete=lambda new_id: {"writeback_request": {"note": f"decision {new_id}"}},
+        **decision_values(),
+    )
+
+    row = store.get_decision(decision_id)
+    assert row["writeback_request"] == {"note": f"decision {decision_id}"}
+
+
+def test_lease_is_extended_only_by_its_owner(database_url):
+    clock = Clock()
+    owner = make_store(database_url, lease_seconds=60, clock=clock)
+    other = make_store(database_url, lease_seconds=60, clock=clock)
+    owner.add_delivery(event("d-1"))
+    delivery = owner.claim_next()
+
+    clock.now += 50
+    assert owner.extend_lease(delivery.id) is True
+    assert other.extend_lease(delivery.id) is False
+    clock.now += 50
+
+    assert other.claim_next() is None
+
+
+def test_heartbeat_lists_live_workers(database_url):
+    clock = Clock()
+    store = make_store(database_url, clock=clock)
+
+    store.heartbeat(started_at=clock.now)
+    store.heartbeat(started_at=clock.now)
+
+    assert [row["identity"] for row in store.live_workers(30)] == [store.identity]
+    clock.now += 31
+    assert store.live_workers(30) == []

@@ -253,6 +253,7 @@ class Live:
         payload = load_fixture("zendesk/event_ticket_created.json")
         payload["detail"].update(id=ticket_id, subject=subject, description=description)
         payload["subject"] = f"zen:ticket:{ticket_id}"
+        payload["id"] = f"event-{ticket_id}"
         body = json.dumps(payload).encode()
         response = requests.post(
             f"{self.url}/webhooks/zendesk", data=body, headers=zendesk_headers(body), timeout=5

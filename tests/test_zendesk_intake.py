@@ -29,7 +29,7 @@ def test_signed_event_is_accepted_and_stored(app, client):
     assert response.get_json()["status"] == "accepted"
     rows = stored(app)
     assert len(rows) == 1
-    assert rows[0]["delivery_id"] == "inv-1"
+    assert rows[0]["delivery_id"] == payload["id"]
     assert rows[0]["ticket_id"] == payload["detail"]["id"]
     assert rows[0]["kind"] == "ticket.created"
     assert rows[0]["status"] == PENDING
@@ -121,6 +121,53 @@ def test_event_id_identifies_delivery_without_invocation_header(app, client):
 
     assert again.get_json()["status"] == "duplicate"
     assert stored(app)[0]["delivery_id"] == payload["id"]
+
+
+def test_same_event_with_new_invocation_id_is_duplicate(app, client):
+    payload = created_event()
+
+    post_zendesk(client, payload, invocation_id="inv-a")
+    again = post_zendesk(client, payload, invocation_id="inv-b")
+
+    assert again.get_json()["status"] == "duplicate"
+    assert len(stored(app)) == 1
+
+
+def test_deeply_nested_json_is_400(client):
+    body = b'{"a":' * 5000 + b"1" + b"}" * 5000
+
+    response = post_zendesk(client, body)
+
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+
+
+def test_overlong_invocation_id_is_400(app, client):
+    response = post_zendesk(client, {"ticket_id": "12"}, invocation_id="x" * 201)
+
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_delivery_id"
+    assert stored(app) == []
+
+
+def test_control_character_in_ticket_id_is_400(client):
+    payload = created_event()
+    payload["detail"]["id"] = "12\u0000"
+
+    response = post_zendesk(client, payload)
+
+    assert response.status_code == 400
+    assert response.get_json()["error"]["field"] == "detail.id"
+
+
+def test_tags_event_with_wrong_list_is_400(client):
+    payload = load_fixture("zendesk/event_ticket_tags_changed.json")
+    payload["event"]["tags_removed"] = 5
+
+    response = post_zendesk(client, payload)
+
+    assert response.status_code == 400
+    assert response.get_json()["error"]["field"] == "event.tags_removed"
 
 
 def test_malformed_json_is_400(client):
@@ -326,7 +373,7 @@ def test_store_failure_is_500_so_zendesk_retries(app, client, monkeypatch):
     assert failed.status_code == 500
     assert failed.get_json()["error"]["code"] == "internal_error"
     assert retried.status_code == 202
-    assert [row["delivery_id"] for row in stored(app)] == ["inv-retry"]
+    assert len(stored(app)) == 1
 
 
 def test_get_on_webhook_is_405_json(client):

@@ -89,6 +89,8 @@ class IdField(fields.Field):
             raise ValidationError("must not be empty")
         if len(text) > 64:
             raise ValidationError("is longer than 64 characters")
+        if not text.isprintable():
+            raise ValidationError("must not contain control characters")
         return text
 
 
@@ -277,8 +279,9 @@ def _receive_event(payload: dict[str, Any], invocation_id: str | None):
 
     data = intake.validate(event_schema, payload)
     detail = data["detail"]
-    # The event id stays the same when Zendesk retries, like the invocation id.
-    delivery_id = invocation_id or data["id"]
+    # The event id stays the same when Zendesk retries, and also when two webhooks carry
+    # the same event, which have two invocation ids: the event id is the delivery id.
+    delivery_id = intake.check_delivery_id(data["id"], "the event id")
     changes = []
     if name in UPDATE_EVENTS:
         changes.append(_change(UPDATE_EVENTS[name], payload.get("event")))
@@ -305,8 +308,8 @@ def _change(field: str, event: Any) -> dict[str, Any]:
             "field": "tags",
             "previous": None,
             "current": None,
-            "added": list(event.get("tags_added") or []),
-            "removed": list(event.get("tags_removed") or []),
+            "added": _tag_list(event.get("tags_added"), "event.tags_added"),
+            "removed": _tag_list(event.get("tags_removed"), "event.tags_removed"),
         }
     return {
         "field": field,
@@ -315,13 +318,27 @@ def _change(field: str, event: Any) -> dict[str, Any]:
     }
 
 
-def _change_value(value: Any) -> Any:
-    # Group and agent changes carry objects such as {"id": "123", "name": ...}.
-    if isinstance(value, dict) and "id" in value:
-        return None if value["id"] in (None, "") else str(value["id"])
-    if isinstance(value, str):
-        return value.lower() if value.isupper() else value
+def _tag_list(value: Any, field: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        raise APIError(
+            400, "invalid_payload", f"invalid field {field}: must be a list of tags", field=field
+        )
     return value
+
+
+def _change_value(value: Any) -> str | None:
+    """Return a changed field's value as a string; anything but an id or a word is None."""
+    # Group and agent changes may carry objects such as {"id": "123", "name": ...}.
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return None
+    text = str(value)
+    if len(text) > 200 or not text.isprintable():
+        return None
+    return text.lower() if text.isupper() else text
 
 
 def _ticket_from_detail(detail: dict[str, Any]) -> Ticket:
