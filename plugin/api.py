@@ -202,17 +202,31 @@ def retry_delivery(row_id: int):
     return jsonify({"status": "queued", "delivery": row_id}), 202
 
 
+# A worker that has not recorded a heartbeat for this long is reported as not running.
+WORKER_SILENCE_SECONDS = 30
+
+
+def _worker_health(state) -> dict:
+    """Describe the worker thread of this process, or the worker processes seen recently."""
+    if state.settings.run_worker:
+        return {"mode": "thread", "running": state.worker.running}
+    seen = state.store.live_workers(WORKER_SILENCE_SECONDS)
+    return {
+        "mode": "process",
+        "running": bool(seen),
+        "processes": [
+            {"host": row["host"], "pid": row["pid"], "last_seen": row["last_seen"]} for row in seen
+        ],
+    }
+
+
 def healthz():
     state = current_app.extensions["deskroute"]
+    worker = _worker_health(state)
     return jsonify(
         {
-            "status": "ok",
-            # With the worker in a process of its own, this process cannot see it.
-            "worker": (
-                {"mode": "thread", "running": state.worker.running}
-                if state.settings.run_worker
-                else {"mode": "external"}
-            ),
+            "status": "ok" if worker["running"] else "degraded",
+            "worker": worker,
             "model": state.classifier.version,
             "mode": state.settings.mode or state.policy.mode,
             "helpdesks": sorted(state.connectors),

@@ -73,6 +73,15 @@ def _percentiles(values: list[float]) -> str:
 
 
 def read_rows(path: str, text_columns: list[str], label_column: str | None, limit: int | None):
+    try:
+        yield from _read_rows(path, text_columns, label_column, limit)
+    except UnicodeDecodeError as exc:
+        raise ReplayError(f"{path} is not UTF-8 text: {exc}") from None
+    except csv.Error as exc:
+        raise ReplayError(f"{path} is not a valid CSV file: {exc}") from None
+
+
+def _read_rows(path: str, text_columns: list[str], label_column: str | None, limit: int | None):
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
@@ -118,17 +127,29 @@ class _HTTPTarget:
         self.api_token = api_token
 
     def post(self, body: bytes, headers: dict) -> int:
-        return self.session.post(
-            f"{self.url}/webhooks/zendesk", data=body, headers=headers, timeout=10
-        ).status_code
+        try:
+            return self.session.post(
+                f"{self.url}/webhooks/zendesk", data=body, headers=headers, timeout=10
+            ).status_code
+        except requests.RequestException as exc:
+            raise ReplayError(f"sending to {self.url} failed: {exc}") from None
 
     def decisions_page(self, after: int) -> dict:
-        response = self.session.get(
-            f"{self.url}/api/decisions",
-            params={"helpdesk": "zendesk", "after": after, "limit": PAGE_SIZE},
-            headers={"Authorization": f"Bearer {self.api_token}"},
-            timeout=10,
-        )
+        try:
+            response = self.session.get(
+                f"{self.url}/api/decisions",
+                params={"helpdesk": "zendesk", "after": after, "limit": PAGE_SIZE},
+                headers={"Authorization": f"Bearer {self.api_token}"},
+                timeout=10,
+            )
+        except requests.RequestException as exc:
+            raise ReplayError(f"reading decisions from {self.url} failed: {exc}") from None
+        if response.status_code == 401:
+            raise ReplayError(
+                f"{self.url} rejected the API token: run replay with the server's config or "
+                "DESKROUTE_DATA_DIR, or set DESKROUTE_API_TOKEN and "
+                "DESKROUTE_ZENDESK_WEBHOOK_SECRET to the server's values"
+            )
         if response.status_code != 200:
             raise ReplayError(f"decisions API returned {response.status_code}: {response.text}")
         return response.json()

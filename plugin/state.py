@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
 
 from plugin.config import Secret, Settings
@@ -13,6 +14,9 @@ from plugin.policy import Policy
 from plugin.store import Store
 
 log = logging.getLogger(__name__)
+
+# Wait after a failed look-up of deskroute's own help desk user, in seconds.
+OWN_USER_RETRY_SECONDS = 300
 
 
 def local_secret(settings: Settings, name: str) -> Secret:
@@ -91,6 +95,7 @@ class AppState:
             "jira": settings.jira_account_id,
         }
         self._own_users_lock = threading.Lock()
+        self._own_user_retry_at: dict[str, float] = {}
         self._wake_sender = None
         from plugin.worker import Worker
 
@@ -111,10 +116,20 @@ class AppState:
         with self._own_users_lock:
             if self._own_users.get(helpdesk):
                 return self._own_users[helpdesk]
+            # After a failure the next attempt waits, so a help desk that keeps failing the
+            # look-up does not add its retries to every delivery.
+            if time.monotonic() < self._own_user_retry_at.get(helpdesk, 0.0):
+                return None
             try:
                 self._own_users[helpdesk] = connector.own_user_id()
             except Exception as exc:  # noqa: BLE001 - any failure only delays recognition
-                log.warning("%s: could not read deskroute's own user id: %s", helpdesk, exc)
+                self._own_user_retry_at[helpdesk] = time.monotonic() + OWN_USER_RETRY_SECONDS
+                log.warning(
+                    "%s: could not read deskroute's own user id, next try in %s s: %s",
+                    helpdesk,
+                    OWN_USER_RETRY_SECONDS,
+                    exc,
+                )
                 return None
         return self._own_users[helpdesk]
 

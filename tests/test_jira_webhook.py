@@ -289,3 +289,23 @@ def test_body_too_large(tmp_path, classifier):
         app.extensions["deskroute"].store.dispose()
 
     assert response.status_code == 413
+
+
+def test_out_of_range_timestamp_is_400(jira_app, client):
+    payload = load_fixture("jira/issue_created.json")
+    payload["timestamp"] = 10**18
+
+    response = post_signed(client, payload)
+
+    assert response.status_code == 400
+    assert error_of(response)["field"] == "timestamp"
+
+
+def test_field_of_wrong_shape_is_400(jira_app, client):
+    payload = load_fixture("jira/issue_created.json")
+    payload["issue"]["fields"]["customfield_10010"] = {"requestType": [1, 2]}
+
+    response = post_signed(client, payload)
+
+    assert response.status_code == 400
+    assert error_of(response)["field"] == "issue.fields"

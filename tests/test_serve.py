@@ -136,6 +136,10 @@ def test_serve_routes_a_signed_webhook(data_dir):
         assert response.status_code == 202, response.text
 
         decision = server.wait_for_decision("1001")[0]
+        health = requests.get(f"{server.url}/healthz", timeout=30).json()
+        assert health["status"] == "ok"
+        assert health["worker"]["mode"] == "process"
+        assert len(health["worker"]["processes"]) == 1
         assert decision["mode"] == "shadow"
         assert decision["queue"] == "Purchase"
         assert (data_dir / "deskroute.sqlite3").exists()

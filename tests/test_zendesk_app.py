@@ -39,6 +39,12 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-domain-reliability",
+    "--disable-client-side-phishing-detection",
+    "--no-default-browser-check",
+    # Every request that is not for loopback (which Chromium never proxies) goes to a closed
+    # local port, so the browser cannot reach any other host during the tests.
+    "--proxy-server=http://127.0.0.1:9",
 ]
 # Group ids start here, one per model queue, in label order.
 FIRST_GROUP_ID = 360000000100

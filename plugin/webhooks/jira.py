@@ -168,7 +168,8 @@ class IssueEventSchema(Schema):
         unknown = INCLUDE
 
     webhookEvent = fields.String(required=True)  # noqa: N815
-    timestamp = fields.Integer(allow_none=True)
+    # Milliseconds since the epoch; the range keeps the value a valid date.
+    timestamp = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=253402300799999))
     issue_event_type_name = fields.String(allow_none=True)
     user = fields.Nested(UserSchema, allow_none=True)
     issue = fields.Nested(IssueSchema, required=True)
@@ -285,7 +286,14 @@ def _receive_issue_event(
             )
 
     # The mapping reads the issue as Jira sent it, custom fields included.
-    ticket = ticket_from_issue(payload["issue"], options)
+    try:
+        ticket = ticket_from_issue(payload["issue"], options)
+    except (AttributeError, TypeError, ValueError) as exc:
+        # The schema checks the fields deskroute needs; a field of another shape than
+        # Jira's (a list where Jira sends an object, say) surfaces here.
+        raise APIError(
+            400, "invalid_payload", f"invalid field issue.fields: {exc}", field="issue.fields"
+        ) from None
     event = TicketEvent(
         helpdesk=HELPDESK,
         delivery_id=delivery_id,
