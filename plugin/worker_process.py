@@ -91,13 +91,13 @@ class WorkerSupervisor:
             self._process.start()
             log.info("worker process %s started", self._process.pid)
             self._process.join()
-            # A worker that exits cleanly was told to stop, usually by the same shutdown that
-            # is about to call stop(); give that a moment before starting another.
+            # A worker that exits cleanly received a stop signal, usually from the shutdown
+            # that is about to call stop(); give that a moment before starting another.
             if self._process.exitcode == 0 and self._stopping.wait(5.0):
                 break
             if self._stopping.is_set():
                 break
-            # A worker that ran for a while before it died is restarted at once again.
+            # A worker that ran for over a minute before it died restarts after the shortest delay.
             restarts = 0 if time.monotonic() - started > 60 else restarts + 1
             delay = RESTART_DELAYS[min(restarts, len(RESTART_DELAYS) - 1)]
             log.error(
