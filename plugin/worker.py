@@ -1,8 +1,9 @@
 """The worker loop: takes stored deliveries in order and runs the pipeline on them.
 
-It runs as a daemon thread of an app process, or in a worker process of its own. At start-up it first returns deliveries claimed by
-processes that died to the queue, so an accepted delivery is processed even when the
-process that accepted it was killed before or during its work.
+It runs as a daemon thread of an app process, or in a worker process of its own. At
+start-up it first returns deliveries claimed by processes that died to the queue, so an
+accepted delivery is processed even when the process that accepted it was killed before
+or during its work.
 """
 
 from __future__ import annotations
