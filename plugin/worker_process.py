@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
-def run_worker_process(settings, log_level: str = "info", watch_parent: bool = False) -> None:
+def run_worker_process(settings, log_level: str = "info", parent: int | None = None) -> None:
     """Run the worker loop in this process until SIGTERM or SIGINT.
 
-    With ``watch_parent`` the loop also stops when the parent process dies, so a worker
-    started by a ``deskroute serve`` that was killed does not go on with old settings.
+    With ``parent``, the pid of the process that started this one, the loop also stops
+    when that process dies, so a worker started by a ``deskroute serve`` that was killed
+    does not go on with old settings. The pid is passed in because the parent may already
+    be gone by the time this process has started.
     """
     from plugin.cli import configure_logging
     from plugin.state import AppState
@@ -43,10 +45,8 @@ def run_worker_process(settings, log_level: str = "info", watch_parent: bool = F
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
-    if watch_parent:
-        threading.Thread(
-            target=_stop_when_orphaned, args=(os.getppid(), stopped), daemon=True
-        ).start()
+    if parent is not None:
+        threading.Thread(target=_stop_when_orphaned, args=(parent, stopped), daemon=True).start()
     try:
         Worker(state, receiver).run_forever(stopped)
     finally:
@@ -56,10 +56,13 @@ def run_worker_process(settings, log_level: str = "info", watch_parent: bool = F
 
 
 def _stop_when_orphaned(parent: int, stopped: threading.Event) -> None:
-    while not stopped.wait(1.0):
+    while True:
         if os.getppid() != parent:
             log.warning("parent process %s is gone, worker process stopping", parent)
             stopped.set()
+            return
+        if stopped.wait(1.0):
+            return
 
 
 class WorkerSupervisor:
@@ -84,7 +87,7 @@ class WorkerSupervisor:
         while not self._stopping.is_set():
             self._process = context.Process(
                 target=run_worker_process,
-                args=(self.settings, self.log_level, True),
+                args=(self.settings, self.log_level, os.getpid()),
                 name="deskroute-worker",
             )
             started = time.monotonic()

@@ -228,3 +228,33 @@ def test_killed_worker_process_is_restarted(data_dir):
         assert "worker process" in server.output()
     finally:
         server.stop()
+
+
+def process_running(pid: int) -> bool:
+    """Return whether ``pid`` runs; a zombie that no parent reaped yet has stopped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    state = next(line.split()[1] for line in status.splitlines() if line.startswith("State"))
+    return state != "Z"
+
+
+def test_worker_process_stops_when_arbiter_is_killed(data_dir):
+    server = Server(data_dir)
+    try:
+        deadline = time.monotonic() + 30
+        while not worker_processes(server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [worker] = worker_processes(server)
+
+        # Only the arbiter dies; its worker process must notice and stop by itself.
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(10)
+        deadline = time.monotonic() + 10
+        while process_running(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+        assert not process_running(worker)
+    finally:
+        server.kill()
