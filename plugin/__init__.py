@@ -17,16 +17,10 @@ def create_app(settings=None, **state_parts) -> Flask:
     """
     from plugin.config import load_settings
     from plugin.errors import register_error_handlers
-    from plugin.state import AppState, local_secret
+    from plugin.state import AppState, fill_local_secrets
 
     settings = settings or load_settings()
-    if not settings.api_token:
-        settings.api_token = local_secret(settings, "api-token")
-    if not settings.zendesk_webhook_secret:
-        settings.zendesk_webhook_secret = local_secret(settings, "zendesk-webhook-secret")
-    if not settings.jira_webhook_secret:
-        # `deskroute install jira` registers the webhook with this same secret.
-        settings.jira_webhook_secret = local_secret(settings, "jira-webhook-secret")
+    fill_local_secrets(settings)
 
     app = Flask(__name__)
     # Intake reads the body itself and enforces the limit with a JSON 413.

@@ -77,18 +77,13 @@ def _prepare_shared_state(settings) -> None:
     Processes that started together would otherwise race on ``CREATE TABLE`` and on
     writing the secret files.
     """
-    from plugin.state import local_secret
+    from plugin.state import fill_local_secrets
     from plugin.store import Store
 
     store = Store(settings.resolved_database_url())
     store.create_schema()
     store.dispose()
-    if not settings.api_token:
-        settings.api_token = local_secret(settings, "api-token")
-    if not settings.zendesk_webhook_secret:
-        settings.zendesk_webhook_secret = local_secret(settings, "zendesk-webhook-secret")
-    if not settings.jira_webhook_secret:
-        settings.jira_webhook_secret = local_secret(settings, "jira-webhook-secret")
+    fill_local_secrets(settings)
 
 
 def _check_startup(settings) -> None:

@@ -37,6 +37,17 @@ def local_secret(settings: Settings, name: str) -> Secret:
     return Secret(value)
 
 
+def fill_local_secrets(settings: Settings) -> None:
+    """Give each unset API token and webhook secret its generated value from the data folder."""
+    if not settings.api_token:
+        settings.api_token = local_secret(settings, "api-token")
+    if not settings.zendesk_webhook_secret:
+        settings.zendesk_webhook_secret = local_secret(settings, "zendesk-webhook-secret")
+    if not settings.jira_webhook_secret:
+        # `deskroute install jira` registers the webhook with this same secret.
+        settings.jira_webhook_secret = local_secret(settings, "jira-webhook-secret")
+
+
 def build_connectors(settings: Settings, policy: Policy) -> dict:
     connectors = {}
     if settings.zendesk_configured:
