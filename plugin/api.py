@@ -14,6 +14,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from plugin import intake
 from plugin.errors import APIError
+from plugin.policy import PRIORITIES
 from plugin.store import DELIVERY_STATUSES
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,18 @@ def add_feedback(decision_id: int):
     row = store.get_decision(decision_id)
     if row is None:
         raise APIError(404, "not_found", f"decision {decision_id} not found")
-    body = intake.validate(FeedbackBody(), request.get_json(silent=True) or {})
+    body = intake.validate(FeedbackBody(), intake.parse_json(intake.read_body()))
+    if (
+        body["field"] == "priority"
+        and body["verdict"] == "override"
+        and body.get("chosen") not in PRIORITIES
+    ):
+        raise APIError(
+            400,
+            "invalid_payload",
+            f"invalid field chosen: a priority is one of {', '.join(PRIORITIES)}",
+            field="chosen",
+        )
     suggested = row["priority"] if body["field"] == "priority" else row["decision"].get("target")
     if body["verdict"] == "override" and not body.get("chosen"):
         raise APIError(
@@ -208,9 +220,12 @@ WORKER_SILENCE_SECONDS = 30
 
 def _worker_health(state) -> dict:
     """Describe the worker thread of this process, or the worker processes seen recently."""
-    if state.settings.run_worker:
-        return {"mode": "thread", "running": state.worker.running}
     seen = state.store.live_workers(WORKER_SILENCE_SECONDS)
+    if state.settings.run_worker:
+        # The thread must be alive and its loop must have recorded a heartbeat lately: a
+        # loop that fails on every pass (database locked, say) records none.
+        mine = [row for row in seen if row["identity"] == state.store.identity]
+        return {"mode": "thread", "running": state.worker.running and bool(mine)}
     return {
         "mode": "process",
         "running": bool(seen),

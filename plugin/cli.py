@@ -37,7 +37,9 @@ def main(log_level: str) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port."
+)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option(
     "--workers", default=1, show_default=True, type=click.IntRange(1), help="gunicorn processes."
@@ -67,7 +69,14 @@ def serve(
     _check_startup(settings)
     _prepare_shared_state(settings)
     run_gunicorn(
-        settings, host=host, port=port, workers=workers, threads=threads, worker_mode=worker_mode
+        settings,
+        host=host,
+        port=port,
+        workers=workers,
+        threads=threads,
+        worker_mode=worker_mode,
+        config_file=config_file,
+        log_level=logging.getLevelName(logging.getLogger().level).lower(),
     )
 
 
@@ -113,12 +122,13 @@ def _startup_problem(settings) -> tuple[str | None, str]:
         policy = Policy.load(settings.policy_file)
         classifier = Classifier.load(settings.model_dir)
         build_connectors(settings, policy)
+        check_database_driver(settings)
     except (PolicyError, ModelError, ValueError) as exc:
         return str(exc), ""
     mode = settings.mode or policy.mode
     if not settings.zendesk_configured and not settings.jira_configured and mode != "shadow":
         log.warning("mode %s requested but no help desk credentials are set: shadow mode", mode)
-    database = settings.resolved_database_url().split("@")[-1]
+    database = settings.database_description()
     return None, (
         f"model {classifier.version} with {len(classifier.labels)} queues, "
         f"policy {policy.source}, database {database}"
@@ -127,7 +137,10 @@ def _startup_problem(settings) -> tuple[str | None, str]:
 
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
-def worker(config_file: str | None) -> None:
+# Set by `deskroute serve` for the worker it starts: the worker stops when that pid dies,
+# and the checks serve ran already are skipped.
+@click.option("--parent-pid", type=int, hidden=True)
+def worker(config_file: str | None, parent_pid: int | None) -> None:
     """Run only the pipeline worker, for machines that serve no webhooks.
 
     Web processes can then run with DESKROUTE_RUN_WORKER=false; all of them share the
@@ -136,9 +149,12 @@ def worker(config_file: str | None) -> None:
     from plugin.worker_process import run_worker_process
 
     settings = _settings_or_exit(config_file)
-    _check_startup(settings)
-    _prepare_shared_state(settings)
-    run_worker_process(settings, logging.getLevelName(logging.getLogger().level).lower())
+    if parent_pid is None:
+        _check_startup(settings)
+        _prepare_shared_state(settings)
+    run_worker_process(
+        settings, logging.getLevelName(logging.getLogger().level).lower(), parent=parent_pid
+    )
 
 
 @main.command("check-config")
@@ -160,11 +176,12 @@ def check_config(config_file: str | None) -> None:
         raise click.ClickException(f"model: {exc}") from None
     try:
         build_connectors(settings, policy)
+        check_database_driver(settings)
     except ValueError as exc:
-        raise click.ClickException(f"connectors: {exc}") from None
+        raise click.ClickException(str(exc)) from None
     report = {
         "settings": settings.redacted(),
-        "database": settings.resolved_database_url().split("@")[-1],
+        "database": settings.database_description(),
         "policy": {
             "source": policy.source,
             "mode": policy.mode,
@@ -176,6 +193,20 @@ def check_config(config_file: str | None) -> None:
         "warnings": policy.check_labels(classifier.labels),
     }
     click.echo(json.dumps(report, indent=2, default=str))
+
+
+def check_database_driver(settings) -> None:
+    """Raise ValueError when the database URL names a driver that is not installed."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.resolved_database_url())
+    try:
+        url.get_dialect().import_dbapi()
+    except ImportError as exc:
+        hint = " (pip install -e '.[postgres]')" if url.get_backend_name() == "postgresql" else ""
+        raise ValueError(
+            f"database_url: the driver of {url.drivername} is not installed{hint}: {exc.name}"
+        ) from None
 
 
 def _effective_mode(settings, policy) -> str:
@@ -190,10 +221,11 @@ def _effective_mode(settings, policy) -> str:
 @click.option("--label", "label_column", help="Column with the expected queue.")
 @click.option("--url", help="Base URL of a running server; without it an in-process app is used.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
-@click.option("--limit", type=int, help="Send at most this many rows.")
+@click.option("--limit", type=click.IntRange(1), help="Send at most this many rows.")
 @click.option(
     "--timeout",
     default=60.0,
+    type=click.FloatRange(0, min_open=True),
     show_default=True,
     help="Seconds to wait for the next decision before reporting the rest as missing.",
 )
@@ -234,3 +266,7 @@ def _register_commands() -> None:
 
 
 _register_commands()
+
+
+if __name__ == "__main__":
+    main()

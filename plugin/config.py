@@ -7,6 +7,7 @@ the CLI; tests pass overrides instead of touching the environment.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -152,6 +153,10 @@ class Settings:
             shown["database_url"] = redact_url(self.database_url)
         return shown
 
+    def database_description(self) -> str:
+        """Return the database URL for logs and reports, with any password redacted."""
+        return redact_url(self.resolved_database_url())
+
 
 def redact_url(url: str) -> str:
     """Return a database URL with its password shown as ``[secure]``."""
@@ -162,10 +167,18 @@ def redact_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError:
         return "[secure]"
+    # Drivers also take the password, or a DSN that contains it, as a query parameter.
+    query = {
+        key: ("[secure]" if key.lower() in ("password", "passwd", "dsn") else value)
+        for key, value in parsed.query.items()
+    }
+    parsed = parsed.set(query=query)
     if parsed.password is None:
-        return parsed.render_as_string(hide_password=False)
-    shown = parsed.set(password="secure").render_as_string(hide_password=False)
-    return shown.replace(":secure@", ":[secure]@", 1)
+        shown = parsed.render_as_string(hide_password=False)
+    else:
+        shown = parsed.set(password="secure").render_as_string(hide_password=False)
+        shown = shown.replace(":secure@", ":[secure]@", 1)
+    return shown.replace("%5Bsecure%5D", "[secure]")
 
 
 def _is_secret_field(item: dataclasses.Field) -> bool:
@@ -200,7 +213,10 @@ def _coerce(item: dataclasses.Field, raw: Any, source: str) -> Any:
         if kind.startswith("float"):
             if isinstance(raw, bool):
                 raise ValueError(raw)
-            return float(raw)
+            number = float(raw)
+            if not math.isfinite(number):
+                raise ValueError(raw)
+            return number
         if kind.startswith("dict"):
             if not isinstance(raw, dict):
                 raise ValueError(raw)
@@ -270,6 +286,18 @@ def load_settings(
 def validate_settings(settings: Settings) -> None:
     if settings.mode is not None and settings.mode not in MODES:
         raise ConfigError(f"mode: invalid value {settings.mode!r}, expected one of {MODES}")
+    if settings.database_url is not None:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(settings.database_url)
+        except (ArgumentError, ValueError) as exc:
+            # The message of a URL error can quote the URL, password included.
+            raise ConfigError(
+                f"database_url: invalid SQLAlchemy URL ({type(exc).__name__}), expected "
+                "dialect+driver://user:password@host:port/database"
+            ) from None
     if settings.max_body_bytes <= 0:
         raise ConfigError("max_body_bytes: must be positive")
     if settings.signature_tolerance_seconds <= 0:

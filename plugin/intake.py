@@ -46,6 +46,9 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise APIError(400, "invalid_json", "request body is nested too deeply") from None
+    except ValueError as exc:
+        # Python rejects integers of more than 4,300 digits with a plain ValueError.
+        raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise APIError(400, "invalid_payload", "request body must be a JSON object")
     return payload

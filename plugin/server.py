@@ -35,7 +35,15 @@ class DeskrouteServer(BaseApplication):
 
 
 def run_gunicorn(
-    settings, *, host: str, port: int, workers: int, threads: int, worker_mode: str = "process"
+    settings,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    worker_mode: str = "process",
+    config_file: str | None = None,
+    log_level: str = "info",
 ) -> None:
     """Serve the app; ``worker_mode`` runs the pipeline in a process of its own (``process``),
     in a thread of each web process (``thread``), or not at all (``off``)."""
@@ -43,7 +51,7 @@ def run_gunicorn(
     if worker_mode == "process":
         from plugin.worker_process import WorkerSupervisor
 
-        supervisor = WorkerSupervisor(settings)
+        supervisor = WorkerSupervisor(config_file, log_level)
     web_settings = dataclasses.replace(settings, run_worker=worker_mode == "thread")
     options = {
         "bind": f"{host}:{port}",
@@ -52,6 +60,9 @@ def run_gunicorn(
         "worker_class": "gthread",
         "accesslog": "-",
         "graceful_timeout": 20,
+        # gunicorn's control socket lives at one path per user, so a second deskroute on the
+        # host would take over the first one's; deskroute does not use it.
+        "control_socket_disable": True,
         "timeout": 60,
         # The access log format leaves out query strings and headers, which may carry tokens.
         "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',

@@ -407,11 +407,18 @@ class Store:
             conn.execute(workers.delete().where(workers.c.last_seen < now - 86400))
 
     def live_workers(self, within_seconds: float) -> list[dict[str, Any]]:
+        """Return workers seen within ``within_seconds``, less those on this host that died."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(workers).where(workers.c.last_seen >= self.clock() - within_seconds)
             ).all()
-        return [dict(row._mapping) for row in rows]
+        host = socket.gethostname()
+        return [dict(row._mapping) for row in rows if row.host != host or _process_alive(row.pid)]
+
+    def remove_worker(self) -> None:
+        """Delete this store's heartbeat row, when its worker stops cleanly."""
+        with self.engine.begin() as conn:
+            conn.execute(workers.delete().where(workers.c.identity == self.identity))
 
     def finish_delivery(self, row_id: int, status: str, error: str | None = None) -> None:
         with self.engine.begin() as conn:

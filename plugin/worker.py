@@ -118,6 +118,10 @@ class Worker:
                 continue
             if not handled:
                 self._idle(poll)
+        try:
+            self.state.store.remove_worker()
+        except Exception:  # noqa: BLE001 - the row then ages out of /healthz
+            log.exception("worker stop: removing the heartbeat failed")
         log.info("worker stopped")
 
     def _idle(self, timeout: float) -> None:

@@ -9,9 +9,10 @@ through :mod:`plugin.wakeup`.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -66,14 +67,26 @@ def _stop_when_orphaned(parent: int, stopped: threading.Event) -> None:
 
 
 class WorkerSupervisor:
-    """Keeps one worker process running beside gunicorn; runs in the gunicorn arbiter."""
+    """Keeps one worker process running beside gunicorn; runs in the gunicorn arbiter.
 
-    def __init__(self, settings, log_level: str = "info"):
-        self.settings = settings
+    The worker is a new interpreter running ``deskroute worker`` with the same config file
+    and environment, not a multiprocessing child: gunicorn's forked web processes would
+    otherwise inherit multiprocessing's record of the child and try to join it at exit.
+    """
+
+    def __init__(self, config_file: str | None, log_level: str = "info"):
+        self.config_file = config_file
         self.log_level = log_level
         self._stopping = threading.Event()
-        self._process = None
+        self._process: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "plugin.cli", "--log-level", self.log_level, "worker"]
+        command += ["--parent-pid", str(os.getpid())]
+        if self.config_file:
+            command += ["--config", self.config_file]
+        return command
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -82,21 +95,15 @@ class WorkerSupervisor:
         self._thread.start()
 
     def _supervise(self) -> None:
-        context = multiprocessing.get_context("spawn")
         restarts = 0
         while not self._stopping.is_set():
-            self._process = context.Process(
-                target=run_worker_process,
-                args=(self.settings, self.log_level, os.getpid()),
-                name="deskroute-worker",
-            )
             started = time.monotonic()
-            self._process.start()
+            self._process = subprocess.Popen(self.command())
             log.info("worker process %s started", self._process.pid)
-            self._process.join()
+            exitcode = self._process.wait()
             # A worker that exits cleanly received a stop signal, usually from the shutdown
             # that is about to call stop(); give that a moment before starting another.
-            if self._process.exitcode == 0 and self._stopping.wait(5.0):
+            if exitcode == 0 and self._stopping.wait(5.0):
                 break
             if self._stopping.is_set():
                 break
@@ -106,7 +113,7 @@ class WorkerSupervisor:
             log.error(
                 "worker process %s exited with code %s, starting another in %.0f s",
                 self._process.pid,
-                self._process.exitcode,
+                exitcode,
                 delay,
             )
             self._stopping.wait(delay)
@@ -114,11 +121,13 @@ class WorkerSupervisor:
     def stop(self, timeout: float = 20.0) -> None:
         self._stopping.set()
         process = self._process
-        if process is not None and process.is_alive():
+        if process is not None and process.poll() is None:
             process.terminate()
-            process.join(timeout)
-            if process.is_alive():
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
                 log.warning("worker process %s did not stop, killing it", process.pid)
                 process.kill()
+                process.wait(timeout)
         if self._thread is not None:
             self._thread.join(timeout)

@@ -342,10 +342,10 @@ class ServeProcess:
                 continue
             if int(fields[1]) != self.process.pid:
                 continue
-            # The pipeline's worker process and multiprocessing's resource tracker are
-            # children of the arbiter too, but no gunicorn workers.
+            # The pipeline's worker process is a child of the arbiter too, but no gunicorn
+            # worker.
             command = (entry / "cmdline").read_bytes()
-            if b"multiprocessing" not in command:
+            if b"--parent-pid" not in command:
                 children.append(int(entry.name))
         return children
 

@@ -309,3 +309,14 @@ def test_field_of_wrong_shape_is_400(jira_app, client):
 
     assert response.status_code == 400
     assert error_of(response)["field"] == "issue.fields"
+
+
+@pytest.mark.parametrize("key", ["ITSD-778\n", "itsd-778", "ITSD-7 78"])
+def test_malformed_issue_key_is_400(jira_app, client, key):
+    payload = load_fixture("jira/issue_created.json")
+    payload["issue"]["key"] = key
+
+    response = post_signed(client, payload)
+
+    assert response.status_code == 400
+    assert error_of(response)["field"] == "issue.key"

@@ -210,3 +210,22 @@ def test_decisions_api_needs_ticket_or_after(client):
 
     assert response.status_code == 400
     assert response.get_json()["error"]["field"] == "ticket_id"
+
+
+def test_feedback_api_rejects_bad_bodies(app, client):
+    post_zendesk(client, created_event("503"))
+    app.extensions["deskroute"].worker.drain()
+    decision_id = decisions(client, "503")[0]["id"]
+    url = f"/api/decisions/{decision_id}/feedback"
+    nested = '{"verdict": "accept", "extra": ' + "[" * 5000 + "]" * 5000 + "}"
+
+    deep = client.post(url, data=nested, headers=bearer())
+    not_json = client.post(url, data="x", headers=bearer())
+    bad_priority = client.post(
+        url, json={"verdict": "override", "field": "priority", "chosen": "ultra"}, headers=bearer()
+    )
+
+    assert deep.status_code == 400
+    assert not_json.get_json()["error"]["code"] == "invalid_json"
+    assert bad_priority.status_code == 400
+    assert bad_priority.get_json()["error"]["field"] == "chosen"

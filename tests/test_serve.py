@@ -209,7 +209,7 @@ def worker_processes(server: Server) -> list[int]:
         except OSError:
             continue
         parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid"))
-        if int(parent) == server.process.pid and "spawn_main" in command:
+        if int(parent) == server.process.pid and "--parent-pid" in command:
             found.append(int(entry.name))
     return found
 

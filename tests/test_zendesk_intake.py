@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 
@@ -381,3 +382,55 @@ def test_get_on_webhook_is_405_json(client):
 
     assert response.status_code == 405
     assert response.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_ticket_ids_are_normalised(app, client):
+    payload = created_event()
+    payload["detail"]["id"] = "05001"
+
+    response = post_zendesk(client, payload)
+
+    assert response.status_code == 202
+    assert stored(app)[0]["ticket_id"] == "5001"
+
+
+@pytest.mark.parametrize("ticket_id", ["١٢٣", "12a", "-5", "1" * 21])
+def test_non_numeric_ticket_id_is_400(client, ticket_id):
+    payload = created_event()
+    payload["detail"]["id"] = ticket_id
+
+    response = post_zendesk(client, payload)
+
+    assert response.status_code == 400
+    assert response.get_json()["error"]["field"] == "detail.id"
+
+
+@pytest.mark.parametrize("event_id", ["", "   "])
+def test_blank_event_id_is_400(client, event_id):
+    payload = created_event()
+    payload["id"] = event_id
+
+    response = post_zendesk(client, payload)
+
+    assert response.status_code == 400
+    assert response.get_json()["error"]["field"] == "id"
+
+
+def test_huge_json_integer_is_400(client):
+    body = b'{"ticket": {"id": ' + b"9" * 5000 + b"}}"
+
+    response = post_zendesk(client, body)
+
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+
+
+def test_comment_header_strip_is_linear(app, client):
+    body = {"ticket": {"id": "1", "description": "----------" + "\n" * 200_000}}
+
+    started = time.perf_counter()
+    response = post_zendesk(client, body)
+
+    assert response.status_code == 202
+    # Exponential backtracking took seconds at 27 newlines; linear work takes milliseconds.
+    assert time.perf_counter() - started < 5

@@ -72,7 +72,8 @@ CHANGE_FIELDS = {
     "assignee": "assignee",
 }
 
-_ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*-[0-9]+$")
+# \Z, not $: a $ would also match before a trailing newline.
+_ISSUE_KEY = re.compile(r"\A[A-Z][A-Z0-9_]*-[0-9]+\Z")
 
 
 class IdField(fields.Field):
@@ -84,6 +85,8 @@ class IdField(fields.Field):
         text = str(value).strip()
         if not text or len(text) > 64:
             raise ValidationError("must be 1 to 64 characters")
+        if not text.isprintable():
+            raise ValidationError("must not contain control characters")
         return text
 
 

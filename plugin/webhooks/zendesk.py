@@ -13,12 +13,11 @@ import base64
 import hashlib
 import hmac
 import logging
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, request
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from plugin import intake
 from plugin.errors import APIError
@@ -80,10 +79,21 @@ def _id_field(**kwargs):
     return IdField(**kwargs)
 
 
+def _ticket_id_field(**kwargs):
+    return IdField(metadata={"numeric": True}, **kwargs)
+
+
 class IdField(fields.Field):
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ValidationError("must be an id (string or integer)")
+        if self.metadata.get("numeric"):
+            # Zendesk ids are integers: "05001" and 5001 are one ticket, and digits of other
+            # scripts, which int() would accept, are not ids.
+            text = str(value).strip()
+            if not text.isascii() or not text.isdigit() or len(text) > 20:
+                raise ValidationError("must be a Zendesk id: digits 0-9")
+            return str(int(text))
         text = str(value).strip()
         if not text:
             raise ValidationError("must not be empty")
@@ -120,7 +130,7 @@ class TicketDetailSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    id = _id_field(required=True)
+    id = _ticket_id_field(required=True)
     actor_id = _id_field(allow_none=True)
     subject = fields.String(allow_none=True)
     description = fields.String(allow_none=True)
@@ -140,7 +150,13 @@ class EventWebhookSchema(Schema):
         unknown = EXCLUDE
 
     type = fields.String(required=True)
-    id = fields.String(required=True)
+    id = fields.String(
+        required=True,
+        validate=[
+            validate.Length(max=200),
+            validate.Predicate("strip", error="must not be empty"),
+        ],
+    )
     account_id = fields.Integer(allow_none=True)
     subject = fields.String(allow_none=True)
     time = fields.String(allow_none=True)
@@ -160,7 +176,7 @@ class TriggerTicketSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    id = _id_field(required=True)
+    id = _ticket_id_field(required=True)
     subject = fields.String(allow_none=True)
     title = fields.String(allow_none=True)
     description = fields.String(allow_none=True)
@@ -185,7 +201,7 @@ class TriggerWebhookSchema(Schema):
         unknown = EXCLUDE
 
     ticket = fields.Nested(TriggerTicketSchema, allow_none=True)
-    ticket_id = _id_field(allow_none=True)
+    ticket_id = _ticket_id_field(allow_none=True)
     # "created" (the default) or "updated", as the admin writes it in the trigger body.
     event = fields.String(allow_none=True)
     current_user_id = _id_field(allow_none=True)
@@ -406,12 +422,21 @@ def _receive_trigger(payload: dict[str, Any], invocation_id: str | None, body: b
     return _accept_unless_own(event)
 
 
-_COMMENT_HEADER = re.compile(r"\A\s*-{10,}\s*\n(?:\s*\n)*[^\n]*,[^\n]*\n")
-
-
 def _strip_comment_header(text: str) -> str:
-    """Drop the dashes line and the "author, date" line ``{{ticket.description}}`` starts with."""
-    return _COMMENT_HEADER.sub("", text, count=1).strip()
+    """Drop the dashes line and the "author, date" line ``{{ticket.description}}`` starts with.
+
+    Line by line rather than with one regular expression: nested quantifiers over blank
+    lines took exponential time on a body of dashes and newlines.
+    """
+    lines = text.lstrip().split("\n")
+    if not lines or len(lines[0].strip()) < 10 or set(lines[0].strip()) != {"-"}:
+        return text.strip()
+    start = 1
+    while start < len(lines) and not lines[start].strip():
+        start += 1
+    if start < len(lines) and "," in lines[start]:
+        start += 1
+    return "\n".join(lines[start:]).strip()
 
 
 def _accept_unless_own(event: TicketEvent):
