@@ -1,4 +1,4 @@
-"""What every help desk's webhook blueprint shares: body limits, validation, durable accept.
+"""Helpers shared by every help desk's webhook blueprint: body limits, validation, accept.
 
 A blueprint verifies its own signature, validates with its own schema and maps the
 payload to a :class:`plugin.tickets.TicketEvent`. :func:`accept` then stores it and
@@ -78,7 +78,7 @@ def _first_error(messages: Any, prefix: str = "") -> tuple[str, str]:
     return prefix or "body", str(messages)
 
 
-# Longest delivery id stored, in characters; the column is 200 wide.
+# Maximum length of a stored delivery id, in characters (the column is 200 wide).
 MAX_DELIVERY_ID = 200
 
 

@@ -60,8 +60,8 @@ def run_gunicorn(
         "worker_class": "gthread",
         "accesslog": "-",
         "graceful_timeout": 20,
-        # gunicorn's control socket lives at one path per user, so a second deskroute on the
-        # host would take over the first one's; deskroute does not use it.
+        # gunicorn's control socket has one path per user, so a second deskroute on the host
+        # would take over the first one's. deskroute does not use it.
         "control_socket_disable": True,
         "timeout": 60,
         # The access log format leaves out query strings and headers, which may carry tokens.

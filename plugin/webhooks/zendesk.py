@@ -229,6 +229,7 @@ def verify_signature(body: bytes) -> None:
             "no Zendesk webhook signing secret is configured: set "
             "DESKROUTE_ZENDESK_WEBHOOK_SECRET to the secret Zendesk shows for the webhook",
         )
+
     signature = request.headers.get("X-Zendesk-Webhook-Signature")
     timestamp = request.headers.get("X-Zendesk-Webhook-Signature-Timestamp")
     if not signature or not timestamp:
@@ -237,13 +238,18 @@ def verify_signature(body: bytes) -> None:
             "missing_signature",
             "missing X-Zendesk-Webhook-Signature or X-Zendesk-Webhook-Signature-Timestamp",
         )
+
     expected = sign(secret.get(), timestamp, body)
     if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
         raise APIError(401, "invalid_signature", "X-Zendesk-Webhook-Signature does not match")
+
+    # The timestamp is checked after the signature, so only Zendesk's own values get here.
     sent_at = _parse_timestamp(timestamp)
     if sent_at is None:
         raise APIError(
-            401, "invalid_timestamp", f"X-Zendesk-Webhook-Signature-Timestamp {timestamp!r}"
+            401,
+            "invalid_timestamp",
+            f"X-Zendesk-Webhook-Signature-Timestamp {timestamp!r} is not an ISO 8601 time",
         )
     skew = abs(datetime.now(UTC).timestamp() - sent_at.timestamp())
     if skew > settings.signature_tolerance_seconds:
