@@ -243,7 +243,7 @@ def verify_signature(body: bytes) -> None:
     if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
         raise APIError(401, "invalid_signature", "X-Zendesk-Webhook-Signature does not match")
 
-    # The timestamp is checked after the signature, so only Zendesk's own values get here.
+    # The timestamp is parsed after the signature check, so only signed requests reach it.
     sent_at = _parse_timestamp(timestamp)
     if sent_at is None:
         raise APIError(
