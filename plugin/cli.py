@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 
 import click
@@ -66,7 +67,7 @@ def serve(
     settings = _settings_or_exit(config_file)
     if not settings.run_worker:
         worker_mode = "off"
-    _check_startup(settings)
+    _check_startup(config_file)
     _prepare_shared_state(settings)
     run_gunicorn(
         settings,
@@ -95,43 +96,34 @@ def _prepare_shared_state(settings) -> None:
     fill_local_secrets(settings)
 
 
-def _check_startup(settings) -> None:
-    """Load policy, model and connectors once before gunicorn forks, so that a bad setting
-    stops the command with its message instead of failing every process that boots.
+def _check_startup(config_file: str | None) -> None:
+    """Run ``deskroute check-config`` in a child process before gunicorn forks, so that a bad
+    setting stops the command with its message instead of failing every process that boots.
 
-    The check runs in a child process: onnxruntime loaded in the gunicorn arbiter leaves
-    its forked workers hanging at exit.
+    A child process, because onnxruntime loaded in the gunicorn arbiter leaves its forked
+    workers hanging at exit.
     """
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        error, summary = pool.apply(_startup_problem, (settings,))
-    if error:
-        raise click.ClickException(error)
-    log.info("%s", summary)
-
-
-def _startup_problem(settings) -> tuple[str | None, str]:
-    """Return the first problem with policy, model or connectors, and a summary line."""
-    from model.inference import Classifier, ModelError
-    from plugin.policy import Policy
-    from plugin.state import build_connectors
-
-    try:
-        policy = Policy.load(settings.policy_file)
-        classifier = Classifier.load(settings.model_dir)
-        build_connectors(settings, policy)
-        check_database_driver(settings)
-    except (PolicyError, ModelError, ValueError) as exc:
-        return str(exc), ""
-    mode = settings.mode or policy.mode
-    if not settings.zendesk_configured and not settings.jira_configured and mode != "shadow":
-        log.warning("mode %s requested but no help desk credentials are set: shadow mode", mode)
-    database = settings.database_description()
-    return None, (
-        f"model {classifier.version} with {len(classifier.labels)} queues, "
-        f"policy {policy.source}, database {database}"
+    command = [sys.executable, "-m", "plugin.cli", "--log-level", "error", "check-config"]
+    if config_file:
+        command += ["--config", config_file]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        message = lines[-1].removeprefix("Error: ") if lines else "check-config failed"
+        raise click.ClickException(message)
+    report = json.loads(result.stdout)
+    for warning in report["warnings"]:
+        log.warning("policy: %s", warning)
+    if report["policy"]["effective_mode"] != (
+        report["settings"]["mode"] or report["policy"]["mode"]
+    ):
+        log.warning("no help desk credentials are set: shadow mode")
+    log.info(
+        "model %s with %s queues, policy %s, database %s",
+        report["model"]["version"],
+        len(report["model"]["queues"]),
+        report["policy"]["source"],
+        report["database"],
     )
 
 
@@ -150,7 +142,7 @@ def worker(config_file: str | None, parent_pid: int | None) -> None:
 
     settings = _settings_or_exit(config_file)
     if parent_pid is None:
-        _check_startup(settings)
+        _check_startup(config_file)
         _prepare_shared_state(settings)
     run_worker_process(
         settings, logging.getLevelName(logging.getLogger().level).lower(), parent=parent_pid
