@@ -43,7 +43,11 @@ def main(log_level: str) -> None:
 )
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option(
-    "--workers", default=1, show_default=True, type=click.IntRange(1), help="gunicorn processes."
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="gunicorn processes for webhooks and the API (the pipeline worker is one more).",
 )
 @click.option(
     "--threads", default=8, show_default=True, type=click.IntRange(1), help="Threads per process."
