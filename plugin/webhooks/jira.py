@@ -294,8 +294,12 @@ def _receive_issue_event(
     except (AttributeError, TypeError, ValueError) as exc:
         # The schema checks the fields deskroute needs; a field of another shape than
         # Jira's (a list where Jira sends an object, say) surfaces here.
+        log.info("jira delivery %s: unreadable issue fields: %r", delivery_id, exc)
         raise APIError(
-            400, "invalid_payload", f"invalid field issue.fields: {exc}", field="issue.fields"
+            400,
+            "invalid_payload",
+            "invalid field issue.fields: a field does not have the shape Jira sends",
+            field="issue.fields",
         ) from None
     event = TicketEvent(
         helpdesk=HELPDESK,
