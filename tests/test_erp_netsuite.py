@@ -24,7 +24,8 @@ from connectors.base import (
     ConnectorUnavailable,
 )
 from connectors.erp import build_erp
-from connectors.erp.netsuite import NetSuiteConnector, NetSuiteOptions, account_host, quote
+from connectors.erp.base import string_literal
+from connectors.erp.netsuite import NetSuiteConnector, NetSuiteOptions, account_host
 from plugin.config import Settings
 from plugin.context import AccountHints, Project
 
@@ -102,8 +103,8 @@ def test_account_host_lowercases_sandbox_suffix():
     assert account_host("1234567_SB1") == "1234567-sb1"
 
 
-def test_quote_doubles_single_quotes():
-    assert quote("O'Hara") == "'O''Hara'"
+def test_string_literal_doubles_single_quotes():
+    assert string_literal("O'Hara") == "'O''Hara'"
 
 
 def test_missing_settings_are_named():

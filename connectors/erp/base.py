@@ -9,6 +9,7 @@ and provisioning holds, contracts and projects. Nothing here writes to the ERP.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -140,3 +141,24 @@ def to_float(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+# A field or column name that is safe to put into a query: letters, digits, underscores.
+FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def string_literal(value: str) -> str:
+    """Quote a SuiteQL or OData string literal: both double a single quote inside."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def field_option(
+    options: dict, table: str, key: str, default: str | None = None, kind: str = "field name"
+) -> str | None:
+    """Read a field name from a policy table; raise ValueError unless it is a plain name."""
+    value = options.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not FIELD_NAME.match(value):
+        raise ValueError(f"{table}.{key}: {value!r} is not a {kind}")
+    return value

@@ -31,8 +31,10 @@ from connectors.base import (
 from connectors.erp.base import (
     ErpConnector,
     OAuthClient,
+    field_option,
     oauth_error,
     parse_date,
+    string_literal,
     to_float,
     token_from_response,
 )
@@ -45,7 +47,6 @@ LOGIN_URL = "https://login.microsoftonline.com"
 API_URL = "https://api.businesscentral.dynamics.com"
 SCOPE = "https://api.businesscentral.dynamics.com/.default"
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # A relative API path such as "api/contoso/projects/v1.0/companies({company})/projects".
 API_PATH = re.compile(r"^[A-Za-z0-9_./(){}-]+$")
 FREE_MAIL_DOMAINS = ("gmail.com", "outlook.com", "hotmail.com", "yahoo.com", "icloud.com")
@@ -54,18 +55,8 @@ BILLING_BLOCKS = ("Invoice", "All")
 PROVISIONING_BLOCKS = ("Ship", "All")
 
 
-def odata_string(value: str) -> str:
-    """Quote an OData string literal; a single quote is doubled."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def _name(options: dict, key: str, default: str | None = None) -> str | None:
-    value = options.get(key, default)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not NAME.match(value):
-        raise ValueError(f"businesscentral.{key}: {value!r} is not an API field name")
-    return value
+    return field_option(options, "businesscentral", key, default, "API field name")
 
 
 @dataclass
@@ -213,11 +204,11 @@ class BusinessCentralConnector(ErpConnector):
         reference = hints.erp_customer_id or hints.organization_external_id
         filters = []
         if reference:
-            filters.append(f"{self.options.match_field} eq {odata_string(reference)}")
+            filters.append(f"{self.options.match_field} eq {string_literal(reference)}")
         if hints.domain and hints.domain not in self.options.ignored_domains:
-            filters.append(f"endswith(email,{odata_string('@' + hints.domain)})")
+            filters.append(f"endswith(email,{string_literal('@' + hints.domain)})")
         if hints.email:
-            filters.append(f"email eq {odata_string(hints.email)}")
+            filters.append(f"email eq {string_literal(hints.email)}")
         for expression in filters:
             found = self.get_values(
                 "customers", {"$filter": expression, "$select": "id,number", "$top": "2"}
@@ -271,7 +262,7 @@ class BusinessCentralConnector(ErpConnector):
         path = options.projects_path.replace("{company}", self.company_id)
         found = self.get_values(
             f"{self.api_root}/{path.lstrip('/')}",
-            {"$filter": f"{options.project_customer_field} eq {odata_string(customer_number)}"},
+            {"$filter": f"{options.project_customer_field} eq {string_literal(customer_number)}"},
         )
         projects = []
         for item in found:

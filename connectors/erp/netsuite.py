@@ -14,7 +14,6 @@ that the result does not depend on the integration user's date format preference
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -35,8 +34,10 @@ from connectors.base import (
 from connectors.erp.base import (
     ErpConnector,
     OAuthClient,
+    field_option,
     oauth_error,
     parse_date,
+    string_literal,
     to_float,
     token_from_response,
 )
@@ -50,7 +51,6 @@ PAGE_SIZE = 1000
 ASSERTION_LIFETIME_SECONDS = 300
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # A SuiteQL column name: letters, digits and underscores (custom fields are custentity_x).
-COLUMN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 FREE_MAIL_DOMAINS = ("gmail.com", "outlook.com", "hotmail.com", "yahoo.com", "icloud.com")
 
 
@@ -59,18 +59,8 @@ def account_host(account_id: str) -> str:
     return account_id.strip().lower().replace("_", "-")
 
 
-def quote(value: str) -> str:
-    """Quote a SuiteQL string literal; a single quote is doubled."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def _column(options: dict, name: str, default: str | None = None) -> str | None:
-    value = options.get(name, default)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not COLUMN.match(value):
-        raise ValueError(f"netsuite.{name}: {value!r} is not a SuiteQL column name")
-    return value
+    return field_option(options, "netsuite", name, default, "SuiteQL column name")
 
 
 @dataclass
@@ -248,22 +238,23 @@ class NetSuiteConnector(ErpConnector):
     def find_customer(self, hints) -> str | None:
         reference = hints.erp_customer_id or hints.organization_external_id
         if reference:
+            match_field = self.options.match_field
             rows = self.suiteql(
-                f"SELECT id FROM customer WHERE {self.options.match_field} = {quote(reference)}"
+                f"SELECT id FROM customer WHERE {match_field} = {string_literal(reference)}"
             )
             if len(rows) == 1:
                 return str(rows[0]["id"])
         if hints.domain and hints.domain not in self.options.ignored_domains:
             rows = self.suiteql(
                 "SELECT id FROM customer WHERE isinactive = 'F' AND "
-                f"LOWER(email) LIKE {quote('%@' + hints.domain.lower())}"
+                f"LOWER(email) LIKE {string_literal('%@' + hints.domain.lower())}"
             )
             if len(rows) == 1:
                 return str(rows[0]["id"])
         if hints.email:
             rows = self.suiteql(
                 "SELECT id FROM customer WHERE isinactive = 'F' AND "
-                f"LOWER(email) = {quote(hints.email.lower())}"
+                f"LOWER(email) = {string_literal(hints.email.lower())}"
             )
             if len(rows) == 1:
                 return str(rows[0]["id"])
