@@ -56,8 +56,8 @@ DEFAULT_PRIORITIES = {"low": "Low", "normal": "Medium", "high": "High", "urgent"
 # The JSM "Request Type" field on most Cloud sites; the id differs per site, so it is an option.
 DEFAULT_REQUEST_TYPE_FIELD = "customfield_10010"
 
-# What apply() reads before writing: unchanged fields are not sent again, and a note that an
-# earlier attempt posted is not posted twice.
+# The fields apply() reads before writing, so that unchanged fields are not sent again and a
+# note that an earlier attempt posted is not posted twice.
 READ_FIELDS = "project,priority,labels,comment"
 
 T = TypeVar("T")

@@ -190,7 +190,7 @@ class _TimeoutSession(requests.Session):
 def map_salesforce_error(exc: Exception) -> ConnectorError:
     """Map a simple-salesforce or ``requests`` error onto the connector error tree."""
     if isinstance(exc, requests.Timeout):
-        return ConnectorTimeout("salesforce did not answer in time", source=SOURCE)
+        return ConnectorTimeout("salesforce did not respond in time", source=SOURCE)
     if isinstance(exc, requests.RequestException):
         return ConnectorUnavailable(
             f"salesforce could not be reached: {type(exc).__name__}", source=SOURCE
@@ -201,7 +201,7 @@ def map_salesforce_error(exc: Exception) -> ConnectorError:
         return ConnectorError(f"salesforce: {type(exc).__name__}", source=SOURCE)
     status = exc.status
     detail = _error_code(exc.content)
-    message = f"salesforce answered {status} for {exc.resource_name}: {detail}"
+    message = f"salesforce returned {status} for {exc.resource_name}: {detail}"
     if isinstance(exc, SalesforceExpiredSession | SalesforceRefusedRequest):
         if detail.startswith("REQUEST_LIMIT_EXCEEDED"):
             # The org's rolling 24-hour API limit; Salesforce sends no Retry-After, so the

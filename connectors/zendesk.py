@@ -8,7 +8,7 @@ this module builds, so retries, rate limits and errors follow one policy:
   attempts are counted against ``max_attempts``.
 - zenpy handles a 429 by calling ``time.sleep`` in one-second steps for as long as
   ``Retry-After`` specifies, without a bound. A response hook on the session raises on a 429
-  before zenpy sees it, so the wait goes through the injected ``sleep`` and is bounded by
+  before zenpy handles it, so the wait goes through the injected ``sleep`` and is bounded by
   ``max_retry_after``.
 - zenpy's object cache would return a ticket read up to 30 seconds earlier, with a stale
   ``updated_at``. The ticket cache is removed, and the user and organization caches, which

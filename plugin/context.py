@@ -4,7 +4,7 @@ policy runs.
 :class:`Enricher` is built once by the app factory and called by the pipeline for every new
 ticket. It queries Salesforce (account, entitlements, contracts, renewal, open cases) and the
 configured ERP (invoices, holds, contracts, projects) and returns one
-:class:`AccountContext`. Every lookup runs under a deadline, answers are cached per account
+:class:`AccountContext`. Every lookup runs under a deadline, results are cached per account
 for ``enrichment_cache_seconds``, and each source has a circuit breaker. A failed source
 leaves its fields empty and adds ``{"source", "error"}`` to ``AccountContext.failures``;
 :meth:`Enricher.enrich` never raises.

@@ -45,8 +45,11 @@ def run_gunicorn(
     config_file: str | None = None,
     log_level: str = "info",
 ) -> None:
-    """Serve the app; ``worker_mode`` runs the pipeline in a process of its own (``process``),
-    in a thread of each web process (``thread``), or not at all (``off``)."""
+    """Serve the app behind gunicorn.
+
+    ``worker_mode`` runs the pipeline in a process of its own (``process``), in a thread of
+    each web process (``thread``), or not at all (``off``).
+    """
     supervisor = None
     if worker_mode == "process":
         from plugin.worker_process import WorkerSupervisor

@@ -201,7 +201,7 @@ class Store:
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
-                # The database holds ticket text: a new folder and file are the owner's only.
+                # The database contains ticket text, so a new folder and file are the owner's only.
                 os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
                 if not os.path.exists(path):
                     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
@@ -516,7 +516,7 @@ class Store:
         """Insert a decision and return its id; raise :class:`DecisionExists` for a decided ticket.
 
         ``complete(decision_id)`` may return more values, such as the write-back request
-        whose note names the id; they are stored in the same transaction, so a crash
+        whose note names the id. They are stored in the same transaction, so a crash
         cannot leave a decision without its write-back request.
         """
         values.setdefault("created_at", self.clock())

@@ -102,7 +102,7 @@ class WorkerSupervisor:
             log.info("worker process %s started", self._process.pid)
             exitcode = self._process.wait()
             # A worker that exits cleanly received a stop signal, usually from the shutdown
-            # that is about to call stop(); give that a moment before starting another.
+            # that is about to call stop(). That call gets a moment before another starts.
             if exitcode == 0 and self._stopping.wait(5.0):
                 break
             if self._stopping.is_set():

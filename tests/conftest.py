@@ -18,7 +18,8 @@ from plugin.webhooks.zendesk import sign
 FIXTURES = Path(__file__).parent / "fixtures"
 WEBHOOK_SECRET = "zendesk-webhook-test-secret"
 API_TOKEN = "api-test-token"
-# .ci/run starts a PostgreSQL server when none answers here; the URL can be overridden.
+# .ci/run starts a PostgreSQL server when none accepts connections here. The URL can be
+# overridden.
 POSTGRES_URL = os.environ.get(
     "DESKROUTE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

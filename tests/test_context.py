@@ -332,7 +332,7 @@ class FlakySource:
     def find_account(self, hints):
         self.calls += 1
         if self.fail:
-            raise ConnectorUnavailable("salesforce answered 503", source="salesforce")
+            raise ConnectorUnavailable("salesforce returned 503", source="salesforce")
         return None
 
 

@@ -520,7 +520,7 @@ def test_salesforce_outage_needs_confirmation(make_app, http):
     assert enrichment == [
         {
             "rule": "enrichment",
-            "detail": "salesforce lookup failed: ConnectorUnavailable: salesforce answered "
+            "detail": "salesforce lookup failed: ConnectorUnavailable: salesforce returned "
             "503 for query: SERVER_UNAVAILABLE Server temporarily unavailable",
         }
     ]

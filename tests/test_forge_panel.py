@@ -379,7 +379,7 @@ def test_feedback_without_decision(client, jwks, signing_key):
 
 
 def test_feedback_for_other_decision_is_409(client, store, jwks, signing_key):
-    # A panel left open shows a decision id; an answer must name the decision.
+    # A panel left open shows a decision id, and an answer must name this decision.
     add_decision(store)
     other = add_decision(store, "HR-7")
 

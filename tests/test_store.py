@@ -50,7 +50,7 @@ def test_add_delivery_deduplicates(database_url):
     assert len(store.list_deliveries()) == 1
 
 
-def test_same_delivery_id_on_two_helpdesks_is_two_deliveries(database_url):
+def test_delivery_id_scoped_by_helpdesk(database_url):
     store = make_store(database_url)
 
     store.add_delivery(event("d-1", helpdesk="zendesk"))

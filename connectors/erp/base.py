@@ -143,6 +143,9 @@ def to_float(value: Any) -> float | None:
         return None
 
 
+# Mail providers whose domain says nothing about the requester's company.
+FREE_MAIL_DOMAINS = ("gmail.com", "outlook.com", "hotmail.com", "yahoo.com", "icloud.com")
+
 # A field or column name that is safe to put into a query: letters, digits, underscores.
 FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 

@@ -29,6 +29,7 @@ from connectors.base import (
     map_requests_error,
 )
 from connectors.erp.base import (
+    FREE_MAIL_DOMAINS,
     ErpConnector,
     OAuthClient,
     field_option,
@@ -49,7 +50,6 @@ SCOPE = "https://api.businesscentral.dynamics.com/.default"
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # A relative API path such as "api/contoso/projects/v1.0/companies({company})/projects".
 API_PATH = re.compile(r"^[A-Za-z0-9_./(){}-]+$")
-FREE_MAIL_DOMAINS = ("gmail.com", "outlook.com", "hotmail.com", "yahoo.com", "icloud.com")
 # Values of the customer's "blocked" field that mean a billing or a provisioning hold.
 BILLING_BLOCKS = ("Invoice", "All")
 PROVISIONING_BLOCKS = ("Ship", "All")

@@ -32,6 +32,7 @@ from connectors.base import (
     map_requests_error,
 )
 from connectors.erp.base import (
+    FREE_MAIL_DOMAINS,
     ErpConnector,
     OAuthClient,
     field_option,
@@ -51,7 +52,6 @@ PAGE_SIZE = 1000
 ASSERTION_LIFETIME_SECONDS = 300
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # A SuiteQL column name: letters, digits and underscores (custom fields are custentity_x).
-FREE_MAIL_DOMAINS = ("gmail.com", "outlook.com", "hotmail.com", "yahoo.com", "icloud.com")
 
 
 def account_host(account_id: str) -> str:
