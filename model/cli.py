@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -32,6 +33,7 @@ DEFAULT_OUT = "model/default"
 TRAIN_STEPS = 6
 # Imported by model.train only inside its functions, so the CLI loads without them.
 TRAIN_MODULES = ("sklearn", "skl2onnx", "onnx")
+SPLITS = ("all", "train", "validation", "test")
 
 
 @click.command("train")
@@ -196,6 +198,14 @@ def train_command(
     type=click.IntRange(1, 1024),
     help="Tickets scored per ONNX call.",
 )
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="all",
+    show_default=True,
+    help="Score one part of the split made at training time; needs the file the model "
+    "was trained on and the 'train' extra.",
+)
 def evaluate_command(
     model_dir: Path,
     data_file: Path,
@@ -203,6 +213,7 @@ def evaluate_command(
     label_column: str,
     as_json: bool,
     batch_size: int,
+    split: str,
 ) -> None:
     """Score a labelled file with a trained model and report its quality."""
     from model.inference import Classifier, ModelError
@@ -211,10 +222,13 @@ def evaluate_command(
         classifier = Classifier.load(model_dir)
     except ModelError as error:
         raise click.ClickException(str(error)) from error
-    fallback = (classifier.metrics.get("data") or {}).get("fallback_label") or (
-        DEFAULT_FALLBACK_LABEL
-    )
-    dataset = _load(data_file, text_columns, label_column, 1, fallback, classifier.labels)
+    if split == "all":
+        fallback = (classifier.metrics.get("data") or {}).get("fallback_label") or (
+            DEFAULT_FALLBACK_LABEL
+        )
+        dataset = _load(data_file, text_columns, label_column, 1, fallback, classifier.labels)
+    else:
+        dataset = _load_split(classifier.metrics, data_file, text_columns, label_column, split)
     report = evaluate(classifier, dataset, batch_size, show_progress=not as_json)
 
     if as_json:
@@ -278,6 +292,71 @@ def _per_queue_at_thresholds(y_true, probabilities, labels, thresholds) -> dict:
     return result
 
 
+def _load_split(metrics: dict, data_file: Path, text_columns: str, label_column: str, split: str):
+    """Load the rows of one part of the training split, as ``train_model`` made it.
+
+    The file, the columns and the loading options must be those of training, or the split
+    would differ; the SHA-256 and the row count recorded in metrics.json check that.
+    """
+    missing = [name for name in TRAIN_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.ClickException(
+            f"--split needs {', '.join(missing)}: install the 'train' extra "
+            "(pip install 'deskroute[train]')"
+        )
+    from model.data import Dataset, file_sha256
+    from model.train import split_indices
+
+    trained_on = metrics.get("data") or {}
+    if not data_file.is_file():
+        raise click.ClickException(f"{data_file}: data file not found")
+    if file_sha256(data_file) != trained_on.get("sha256"):
+        raise click.ClickException(
+            f"{data_file} is not the file the model was trained on "
+            f"({trained_on.get('file')}, SHA-256 {trained_on.get('sha256')}); "
+            "--split needs that file"
+        )
+    columns = parse_columns(text_columns)
+    if columns != trained_on.get("text_columns") or label_column != trained_on.get("label_column"):
+        raise click.ClickException(
+            "--split needs the columns the model was trained with: "
+            f"--text {','.join(trained_on.get('text_columns') or [])} "
+            f"--label {trained_on.get('label_column')}"
+        )
+    dataset = _load(
+        data_file,
+        text_columns,
+        label_column,
+        trained_on.get("min_rows", DEFAULT_MIN_ROWS),
+        trained_on.get("fallback_label") or DEFAULT_FALLBACK_LABEL,
+    )
+    if len(dataset) != trained_on.get("rows_used"):
+        raise click.ClickException(
+            f"{data_file} gave {len(dataset)} rows, the model was trained on "
+            f"{trained_on.get('rows_used')}; the split cannot be made again"
+        )
+    config = metrics.get("config") or {}
+    parts = dict(
+        zip(
+            ("train", "validation", "test"),
+            split_indices(
+                dataset.labels,
+                config.get("validation_share", TrainConfig.validation_share),
+                config.get("test_share", TrainConfig.test_share),
+            ),
+            strict=True,
+        )
+    )
+    rows = parts[split]
+    source = {**dataset.source, "split": split, "rows_used": len(rows)}
+    source["label_counts"] = dict(sorted(Counter(dataset.labels[i] for i in rows).items()))
+    return Dataset(
+        texts=[dataset.texts[i] for i in rows],
+        labels=[dataset.labels[i] for i in rows],
+        source=source,
+    )
+
+
 def _load(data_file, text_columns, label_column, min_rows, fallback_label, known_labels=None):
     try:
         columns = parse_columns(text_columns)
@@ -315,7 +394,8 @@ def _report_data(source: dict) -> None:
 
 
 def _print_report(report: dict) -> None:
-    click.echo(f"model {report['model_version']} on {report['data']['file']}")
+    part = f", {report['data']['split']} split" if "split" in report["data"] else ""
+    click.echo(f"model {report['model_version']} on {report['data']['file']}{part}")
     click.echo(
         f"rows {report['rows']}: accuracy {report['accuracy']:.4f}, "
         f"macro-F1 {report['macro_f1']:.4f}"

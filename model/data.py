@@ -164,6 +164,9 @@ def load_dataset(
         "dropped_rare_label": dropped_rare,
         "label_counts": dict(sorted(Counter(labels).items())),
     }
+    if known_labels is None:
+        # Kept so that ``evaluate --split`` can load the file exactly as training did.
+        source["min_rows"] = min_rows
     logger.info(
         "loaded %s: %d rows used, %d empty texts and %d missing labels dropped, %d labels merged",
         path,

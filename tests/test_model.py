@@ -369,6 +369,60 @@ def test_cli_train_and_evaluate(tmp_path):
     assert len(report["precision_coverage_curve"]) > 3
 
 
+def evaluate_json(model_dir: Path, data: Path, *options: str) -> dict:
+    result = CliRunner().invoke(
+        evaluate_command,
+        ["--model", str(model_dir), "--data", str(data), "--text", "text", "--label", "queue"]
+        + ["--json", *options],
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_evaluate_split_reproduces_training_figures(trained):
+    model_dir, metrics = trained
+
+    test = evaluate_json(model_dir, SAMPLE, "--split", "test")
+    validation = evaluate_json(model_dir, SAMPLE, "--split", "validation")
+
+    assert test["data"]["split"] == "test"
+    assert test["rows"] == metrics["rows"]["test"]
+    assert test["accuracy"] == metrics["test"]["accuracy"]
+    assert test["macro_f1"] == metrics["test"]["macro_f1"]
+    for key in ("rows", "routed", "coverage", "precision"):
+        assert test["at_thresholds"][key] == metrics["test"]["at_thresholds"][key]
+        assert validation["at_thresholds"][key] == metrics["validation"]["at_thresholds"][key]
+    assert validation["rows"] == metrics["rows"]["validation"]
+
+
+def test_evaluate_split_needs_the_training_file(trained, tmp_path):
+    rows = sample_rows()
+    rows[0] = {**rows[0], "text": rows[0]["text"] + " printer"}
+    edited = write_csv(tmp_path / "edited.csv", rows)
+
+    result = CliRunner().invoke(
+        evaluate_command,
+        ["--model", str(trained[0]), "--data", str(edited), "--text", "text", "--label", "queue"]
+        + ["--split", "test"],
+    )
+
+    assert result.exit_code == 1
+    assert "is not the file the model was trained on" in result.output
+
+
+def test_evaluate_split_needs_the_training_columns(trained):
+    result = CliRunner().invoke(
+        evaluate_command,
+        ["--model", str(trained[0]), "--data", str(SAMPLE), "--text", "queue", "--label", "text"]
+        + ["--split", "test"],
+    )
+
+    assert result.exit_code == 1
+    assert "--split needs the columns the model was trained with: --text text --label queue" in (
+        result.output
+    )
+
+
 def test_cli_train_reports_missing_column(tmp_path):
     result = CliRunner().invoke(
         train_command,
