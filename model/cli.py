@@ -24,6 +24,7 @@ from model.data import (
     load_dataset,
     parse_columns,
 )
+from model.priority import map_priorities, parse_priority_map
 from model.train import TrainConfig, train_model
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,17 @@ SPLITS = ("all", "train", "validation", "test")
     is_flag=True,
     help="Try several feature counts and C values; keep the best on the validation split.",
 )
+@click.option(
+    "--priority",
+    "priority_column",
+    default=None,
+    help="Column holding the ticket priority; trains a priority head beside the queue head.",
+)
+@click.option(
+    "--priority-map",
+    default=None,
+    help="Priority values to levels, such as 'P1=urgent,P2=high,P3=normal,P4=low'.",
+)
 def train_command(
     data_file: Path,
     text_columns: str,
@@ -119,6 +131,8 @@ def train_command(
     char_features: int,
     regularization_c: float,
     tune: bool,
+    priority_column: str | None,
+    priority_map: str | None,
 ) -> None:
     """Train a classifier on a labelled file and export it to ONNX with its metrics."""
     missing = [name for name in TRAIN_MODULES if importlib.util.find_spec(name) is None]
@@ -128,7 +142,15 @@ def train_command(
             "(pip install 'deskroute[train]')"
         )
 
-    dataset = _load(data_file, text_columns, label_column, min_rows, fallback_label)
+    try:
+        levels = parse_priority_map(priority_map)
+    except DataError as error:
+        raise click.BadParameter(str(error), param_hint="--priority-map") from error
+    if priority_map and not priority_column:
+        raise click.UsageError("--priority-map needs --priority")
+    dataset = _load(
+        data_file, text_columns, label_column, min_rows, fallback_label, None, priority_column
+    )
     _report_data(dataset.source)
     config = TrainConfig(
         name=name or data_file.resolve().parent.name,
@@ -137,9 +159,11 @@ def train_command(
         char_features=char_features,
         regularization_c=regularization_c,
         tune=tune,
+        priority_map=levels,
     )
 
-    with tqdm(total=TRAIN_STEPS, desc="train", unit="step") as bar:
+    steps = TRAIN_STEPS + (1 if priority_column else 0)
+    with tqdm(total=steps, desc="train", unit="step") as bar:
 
         def progress(message: str) -> None:
             # Each message starts a step, so it completes the one before it.
@@ -164,7 +188,20 @@ def train_command(
         f"at the per-queue thresholds (target precision {target_precision}): "
         f"coverage {routed['coverage']:.4f}, precision {_format(routed['precision'])}"
     )
-    for label, entry in metrics["thresholds"].items():
+    _print_thresholds(metrics["thresholds"])
+    head = metrics.get("priority")
+    if head:
+        click.echo(
+            f"priority head on {head['column']!r}: test accuracy {head['test']['accuracy']:.4f}, "
+            f"macro-F1 {head['test']['macro_f1']:.4f}; "
+            f"{head['rows']['without_priority']} rows without a priority left out"
+        )
+        click.echo("  values: " + ", ".join(f"{k}={v}" for k, v in head["value_map"].items()))
+        _print_thresholds(head["thresholds"])
+
+
+def _print_thresholds(thresholds: dict) -> None:
+    for label, entry in thresholds.items():
         click.echo(
             f"  {label}: threshold {_format(entry['threshold'])}, validation precision "
             f"{_format(entry['precision'])}, coverage {entry['coverage']:.4f}"
@@ -206,6 +243,12 @@ def train_command(
     help="Score one part of the split made at training time; needs the file the model "
     "was trained on and the 'train' extra.",
 )
+@click.option(
+    "--priority",
+    "priority_column",
+    default=None,
+    help="Column holding the ticket priority; reports the priority head on it.",
+)
 def evaluate_command(
     model_dir: Path,
     data_file: Path,
@@ -214,6 +257,7 @@ def evaluate_command(
     as_json: bool,
     batch_size: int,
     split: str,
+    priority_column: str | None,
 ) -> None:
     """Score a labelled file with a trained model and report its quality."""
     from model.inference import Classifier, ModelError
@@ -226,10 +270,25 @@ def evaluate_command(
         fallback = (classifier.metrics.get("data") or {}).get("fallback_label") or (
             DEFAULT_FALLBACK_LABEL
         )
-        dataset = _load(data_file, text_columns, label_column, 1, fallback, classifier.labels)
+    if priority_column and "priority" not in classifier.metrics:
+        raise click.UsageError(f"model {classifier.version} has no priority head for --priority")
+    if split == "all":
+        fallback = (classifier.metrics.get("data") or {}).get("fallback_label") or (
+            DEFAULT_FALLBACK_LABEL
+        )
+        dataset = _load(
+            data_file, text_columns, label_column, 1, fallback, classifier.labels, priority_column
+        )
     else:
-        dataset = _load_split(classifier.metrics, data_file, text_columns, label_column, split)
+        dataset = _load_split(
+            classifier.metrics, data_file, text_columns, label_column, split, priority_column
+        )
     report = evaluate(classifier, dataset, batch_size, show_progress=not as_json)
+    if priority_column:
+        try:
+            report["priority"] = evaluate_priority(classifier, dataset, batch_size)
+        except DataError as error:
+            raise click.ClickException(str(error)) from error
 
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
@@ -292,7 +351,43 @@ def _per_queue_at_thresholds(y_true, probabilities, labels, thresholds) -> dict:
     return result
 
 
-def _load_split(metrics: dict, data_file: Path, text_columns: str, label_column: str, split: str):
+def evaluate_priority(classifier, dataset, batch_size: int = 64) -> dict:
+    """Score the priority head on the rows of ``dataset`` that have a priority."""
+    head = classifier.metrics["priority"]
+    mapping = {**head.get("value_map", {})}
+    mapping = {value.lower(): level for value, level in mapping.items()}
+    mapping.update((classifier.metrics.get("config") or {}).get("priority_map") or {})
+    levels, _ = map_priorities(dataset.priorities or [], mapping)
+    known = [i for i, level in enumerate(levels) if level is not None]
+    labels = classifier.priority_levels
+    index = {level: i for i, level in enumerate(labels)}
+    # A level the head never learned counts as an error, as unknown queues do.
+    y_true = np.array([index.get(levels[i], len(labels)) for i in known])
+    texts = [dataset.texts[i] for i in known]
+    probabilities = classifier.priority_probabilities(texts, batch_size)
+    unknown = sorted({levels[i] for i in known if levels[i] not in index})
+    all_labels = labels + (["(unknown level)"] if unknown else [])
+    cutoffs = dict(classifier.priority_thresholds)
+    return {
+        "column": dataset.source.get("priority_column"),
+        "rows_without_priority": len(levels) - len(known),
+        "unknown_levels": unknown,
+        **evaluation.classification_summary(y_true, probabilities.argmax(axis=1), all_labels),
+        "at_thresholds": {
+            "thresholds": cutoffs,
+            **evaluation.threshold_summary(y_true, probabilities, labels, cutoffs),
+        },
+    }
+
+
+def _load_split(
+    metrics: dict,
+    data_file: Path,
+    text_columns: str,
+    label_column: str,
+    split: str,
+    priority_column: str | None = None,
+):
     """Load the rows of one part of the training split, as ``train_model`` made it.
 
     The file, the columns and the loading options must be those of training, or the split
@@ -329,6 +424,8 @@ def _load_split(metrics: dict, data_file: Path, text_columns: str, label_column:
         label_column,
         trained_on.get("min_rows", DEFAULT_MIN_ROWS),
         trained_on.get("fallback_label") or DEFAULT_FALLBACK_LABEL,
+        None,
+        priority_column,
     )
     if len(dataset) != trained_on.get("rows_used"):
         raise click.ClickException(
@@ -354,10 +451,19 @@ def _load_split(metrics: dict, data_file: Path, text_columns: str, label_column:
         texts=[dataset.texts[i] for i in rows],
         labels=[dataset.labels[i] for i in rows],
         source=source,
+        priorities=None if dataset.priorities is None else [dataset.priorities[i] for i in rows],
     )
 
 
-def _load(data_file, text_columns, label_column, min_rows, fallback_label, known_labels=None):
+def _load(
+    data_file,
+    text_columns,
+    label_column,
+    min_rows,
+    fallback_label,
+    known_labels=None,
+    priority_column=None,
+):
     try:
         columns = parse_columns(text_columns)
         return load_dataset(
@@ -367,6 +473,7 @@ def _load(data_file, text_columns, label_column, min_rows, fallback_label, known
             min_rows=min_rows,
             fallback_label=fallback_label,
             known_labels=known_labels,
+            priority_column=priority_column,
         )
     except DataError as error:
         raise click.ClickException(str(error)) from error
@@ -414,6 +521,14 @@ def _print_report(report: dict) -> None:
         )
     if report["unknown_labels"]:
         click.echo(f"labels the model does not know: {', '.join(report['unknown_labels'])}")
+    head = report.get("priority")
+    if head:
+        routed = head["at_thresholds"]
+        click.echo(
+            f"priority head on {head['column']!r}, {head['rows']} rows: accuracy "
+            f"{head['accuracy']:.4f}, macro-F1 {head['macro_f1']:.4f}; at its thresholds "
+            f"coverage {routed['coverage']:.4f}, precision {_format(routed['precision'])}"
+        )
 
 
 def _format(value) -> str:

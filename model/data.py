@@ -34,6 +34,8 @@ class Dataset:
     texts: list[str]
     labels: list[str]
     source: dict = field(default_factory=dict)
+    # Raw values of the priority column, one per text, when one was named ("" when empty).
+    priorities: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -90,6 +92,7 @@ def load_dataset(
     min_rows: int = DEFAULT_MIN_ROWS,
     fallback_label: str = DEFAULT_FALLBACK_LABEL,
     known_labels: list[str] | None = None,
+    priority_column: str | None = None,
 ) -> Dataset:
     """Load, normalise and check a labelled file.
 
@@ -101,7 +104,8 @@ def load_dataset(
     """
     path = Path(path)
     records, columns = read_records(path)
-    missing = [name for name in [*text_columns, label_column] if name not in columns]
+    wanted = [*text_columns, label_column, *([priority_column] if priority_column else [])]
+    missing = [name for name in wanted if name not in columns]
     if missing:
         raise DataError(
             f"{path}: column(s) {', '.join(missing)} not found; the file has: {', '.join(columns)}"
@@ -111,6 +115,7 @@ def load_dataset(
 
     texts: list[str] = []
     labels: list[str] = []
+    priorities: list[str] = []
     empty_texts = 0
     missing_labels = 0
     for record in records:
@@ -125,6 +130,8 @@ def load_dataset(
             continue
         texts.append(text)
         labels.append(label)
+        if priority_column:
+            priorities.append(str(record.get(priority_column) or "").strip())
 
     if not texts:
         raise DataError(f"{path}: no row has both a label and a non-empty text")
@@ -140,6 +147,7 @@ def load_dataset(
             dropped_rare = len(labels) - len(kept_rows)
             texts = [texts[i] for i in kept_rows]
             labels = [labels[i] for i in kept_rows]
+            priorities = [priorities[i] for i in kept_rows] if priority_column else []
         distinct = sorted(set(labels))
         if len(distinct) < 2:
             found = repr(distinct[0]) if distinct else "none"
@@ -175,7 +183,14 @@ def load_dataset(
         missing_labels,
         len(merged),
     )
-    return Dataset(texts=texts, labels=labels, source=source)
+    if priority_column:
+        source["priority_column"] = priority_column
+    return Dataset(
+        texts=texts,
+        labels=labels,
+        source=source,
+        priorities=priorities if priority_column else None,
+    )
 
 
 def merge_rare_labels(

@@ -18,7 +18,13 @@ import numpy as np
 from model import signals
 from model.explain import Explainer, basic_guards
 from model.normalize import normalize_text
-from model.onnx_graph import METRICS_FILE, MODEL_FILE, run_batched, session_for
+from model.onnx_graph import (
+    METRICS_FILE,
+    MODEL_FILE,
+    PRIORITY_MODEL_FILE,
+    run_batched,
+    session_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,10 @@ class Prediction:
     model_version: str = ""
     # Names of the text rules behind priority_signal, such as "outage" or "urgency words".
     priority_rules: list[str] = field(default_factory=list)
+    # The priority head's level when it reaches that level's threshold and no guard holds;
+    # None otherwise, and always None for a model trained without a priority column.
+    predicted_priority: str | None = None
+    priority_confidence: float | None = None
 
     @property
     def meets_threshold(self) -> bool:
@@ -65,7 +75,14 @@ class Classifier:
     session and nothing here changes after loading, so :meth:`predict` is thread-safe.
     """
 
-    def __init__(self, session, metrics: dict, path: Path, explainer: Explainer | None = None):
+    def __init__(
+        self,
+        session,
+        metrics: dict,
+        path: Path,
+        explainer: Explainer | None = None,
+        priority_session=None,
+    ):
         self.path = path
         self.explainer = explainer
         self.metrics = metrics
@@ -76,6 +93,13 @@ class Classifier:
             for label in self.labels
         }
         self._session = session
+        self._priority_session = priority_session
+        head = metrics.get("priority") or {}
+        self.priority_levels: list[str] = list(head.get("labels") or [])
+        self.priority_thresholds: dict[str, float | None] = {
+            level: (head.get("thresholds", {}).get(level) or {}).get("threshold")
+            for level in self.priority_levels
+        }
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Classifier:
@@ -125,13 +149,21 @@ class Classifier:
         if explainer is None:
             logger.warning("model %s has no terms.json: no explanation terms", folder)
 
-        classifier = cls(session, metrics, folder, explainer)
+        priority_session = _load_priority_head(folder, metrics) if "priority" in metrics else None
+        classifier = cls(session, metrics, folder, explainer, priority_session)
         width = run_batched(session, ["warm up"]).shape[1]
         if width != len(classifier.labels):
             raise ModelError(
                 f"{model_file} returns {width} probabilities but {metrics_file} lists "
                 f"{len(classifier.labels)} labels"
             )
+        if priority_session is not None:
+            width = run_batched(priority_session, ["warm up"]).shape[1]
+            if width != len(classifier.priority_levels):
+                raise ModelError(
+                    f"{folder / PRIORITY_MODEL_FILE} returns {width} probabilities but "
+                    f"{metrics_file} lists {len(classifier.priority_levels)} priority levels"
+                )
         logger.info("loaded model %s from %s", classifier.version, folder)
         return classifier
 
@@ -143,15 +175,28 @@ class Classifier:
         """Classify many texts, scoring ``batch_size`` at a time to bound memory."""
         normalized = [normalize_text(text or "") for text in texts]
         probabilities = self.probabilities(normalized, batch_size)
+        if self._priority_session is None:
+            priorities = [None] * len(normalized)
+        else:
+            priorities = list(run_batched(self._priority_session, normalized, batch_size))
         return [
-            self._prediction(text, row) for text, row in zip(normalized, probabilities, strict=True)
+            self._prediction(text, row, priority)
+            for text, row, priority in zip(normalized, probabilities, priorities, strict=True)
         ]
 
     def probabilities(self, normalized: list[str], batch_size: int = 64) -> np.ndarray:
         """Return the probability matrix for texts already passed through normalize_text."""
         return run_batched(self._session, normalized, batch_size)
 
-    def _prediction(self, normalized: str, row: np.ndarray) -> Prediction:
+    def priority_probabilities(self, normalized: list[str], batch_size: int = 64) -> np.ndarray:
+        """Return the priority head's probabilities; raises ModelError without a head."""
+        if self._priority_session is None:
+            raise ModelError(f"model {self.version} has no priority head")
+        return run_batched(self._priority_session, normalized, batch_size)
+
+    def _prediction(
+        self, normalized: str, row: np.ndarray, priority_row: np.ndarray | None = None
+    ) -> Prediction:
         order = np.argsort(-row, kind="stable").tolist()
         rounded = np.round(row.astype(np.float64), 6).tolist()
         top = order[0]
@@ -165,6 +210,13 @@ class Classifier:
             if not guards:
                 guards = self.explainer.guards(normalized, words)
         priority, priority_rules = signals.priority_signal(normalized)
+        predicted_priority = priority_confidence = None
+        if priority_row is not None:
+            level = self.priority_levels[int(priority_row.argmax())]
+            priority_confidence = round(float(priority_row.max()), 6)
+            cutoff = self.priority_thresholds.get(level)
+            if cutoff is not None and priority_confidence >= cutoff and not guards:
+                predicted_priority = level
 
         return Prediction(
             queue=queue,
@@ -177,4 +229,24 @@ class Classifier:
             priority_signal=priority,
             model_version=self.version,
             priority_rules=priority_rules,
+            predicted_priority=predicted_priority,
+            priority_confidence=priority_confidence,
         )
+
+
+def _load_priority_head(folder: Path, metrics: dict):
+    """Open priority.onnx after checking it is the head that metrics.json describes."""
+    head_file = folder / PRIORITY_MODEL_FILE
+    if not head_file.is_file():
+        raise ModelError(f"model file not found: {head_file} (metrics.json lists a priority head)")
+    head_bytes = head_file.read_bytes()
+    expected = (metrics.get("priority") or {}).get("sha256")
+    if hashlib.sha256(head_bytes).hexdigest() != expected:
+        raise ModelError(
+            f"{head_file} is not the priority head that {folder / METRICS_FILE} describes; "
+            "retrain or copy the matching files"
+        )
+    try:
+        return session_for(head_bytes)
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ModelError(f"{head_file}: onnxruntime cannot load it: {error}") from error

@@ -9,6 +9,8 @@ import numpy as np
 import onnxruntime
 
 MODEL_FILE = "model.onnx"
+# The priority head, present when training named a priority column.
+PRIORITY_MODEL_FILE = "priority.onnx"
 METRICS_FILE = "metrics.json"
 INPUT_NAME = "text"
 PROBABILITY_OUTPUT = "probabilities"

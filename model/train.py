@@ -15,6 +15,7 @@ Steps:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,10 +33,12 @@ from model.explain import TERMS_FILE
 from model.onnx_graph import (
     METRICS_FILE,
     MODEL_FILE,
+    PRIORITY_MODEL_FILE,
     model_version,
     run_batched,
     session_for,
 )
+from model.priority import LEVELS, map_priorities
 from model.train_explain import build_terms
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,8 @@ class TrainConfig:
     test_share: float = 0.15
     # Try every entry of TUNING_GRID and keep the one with the best validation accuracy.
     tune: bool = False
+    # Priority value (lower case) to level, applied before the built-in names and numbers.
+    priority_map: dict[str, str] = field(default_factory=dict)
 
 
 # (word features, character features, C) tried by ``tune``. The first entry is the default:
@@ -242,15 +247,7 @@ def train_model(
     session = session_for(onnx_bytes)
 
     step("checking ONNX against scikit-learn")
-    test_onnx = run_batched(session, list(texts[test]), EXPORT_BATCH_SIZE)
-    test_sklearn = pipeline.predict_proba(list(texts[test]))
-    agreement = float((test_onnx.argmax(axis=1) == test_sklearn.argmax(axis=1)).mean())
-    max_difference = float(np.abs(test_onnx - test_sklearn).max())
-    if agreement < MIN_AGREEMENT:
-        raise RuntimeError(
-            f"ONNX and scikit-learn agree on {agreement:.4f} of the test rows, "
-            f"below the required {MIN_AGREEMENT}; the export is not usable"
-        )
+    test_onnx, agreement, max_difference = _check_export(pipeline, session, list(texts[test]))
 
     step("choosing thresholds on the validation split")
     validation_onnx = run_batched(session, list(texts[validation]), EXPORT_BATCH_SIZE)
@@ -292,6 +289,14 @@ def train_model(
         "model_file_bytes": len(onnx_bytes),
         "software": _versions(),
     }
+    files = {MODEL_FILE: onnx_bytes}
+    if dataset.priorities is not None:
+        step("training the priority head")
+        priority_bytes, metrics["priority"] = _train_priority_head(
+            dataset, texts, (train, validation, test), config
+        )
+        files[PRIORITY_MODEL_FILE] = priority_bytes
+
     step("writing explanation terms")
     terms = build_terms(
         pipeline,
@@ -305,14 +310,12 @@ def train_model(
     metrics["text_profile"] = {
         key: terms[key] for key in ("languages", "language_source", "scripts", "min_known_share")
     }
-    _write_model_files(
-        out,
-        {
-            MODEL_FILE: onnx_bytes,
-            TERMS_FILE: (json.dumps(terms, ensure_ascii=False) + "\n").encode(),
-            METRICS_FILE: (json.dumps(metrics, indent=2, ensure_ascii=False) + "\n").encode(),
-        },
-    )
+    files[TERMS_FILE] = (json.dumps(terms, ensure_ascii=False) + "\n").encode()
+    files[METRICS_FILE] = (json.dumps(metrics, indent=2, ensure_ascii=False) + "\n").encode()
+    _write_model_files(out, files)
+    if PRIORITY_MODEL_FILE not in files:
+        # A priority head left from an earlier run would not match this model.
+        (out / PRIORITY_MODEL_FILE).unlink(missing_ok=True)
     logger.info(
         "trained %s: test accuracy %.4f, macro-F1 %.4f",
         metrics["model_version"],
@@ -320,6 +323,75 @@ def train_model(
         metrics["test"]["macro_f1"],
     )
     return metrics
+
+
+def _check_export(pipeline, session, texts: list[str]) -> tuple[np.ndarray, float, float]:
+    """Score ``texts`` with ONNX and scikit-learn; fail below MIN_AGREEMENT of the top class.
+
+    Returns the ONNX probabilities, the agreement and the largest probability difference.
+    """
+    scored = run_batched(session, texts, EXPORT_BATCH_SIZE)
+    expected = pipeline.predict_proba(texts)
+    agreement = float((scored.argmax(axis=1) == expected.argmax(axis=1)).mean())
+    if agreement < MIN_AGREEMENT:
+        raise RuntimeError(
+            f"ONNX and scikit-learn agree on {agreement:.4f} of the test rows, "
+            f"below the required {MIN_AGREEMENT}; the export is not usable"
+        )
+    return scored, agreement, float(np.abs(scored - expected).max())
+
+
+def _train_priority_head(dataset: Dataset, texts, split, config: TrainConfig):
+    """Train, export and calibrate the priority head on the rows that have a priority.
+
+    The head gets the queue head's split, features and settings, and thresholds for the
+    same target precision, so a level is only reported when the head is that sure of it.
+    Returns the ONNX bytes and the ``priority`` section of metrics.json.
+    """
+    levels, value_map = map_priorities(dataset.priorities or [], config.priority_map)
+    present = [level for level in LEVELS if level in set(levels)]
+    index = {level: i for i, level in enumerate(present)}
+    known = np.array([level is not None for level in levels])
+    y = np.array([index.get(level, -1) for level in levels])
+    train, validation, test = (part[known[part]] for part in split)
+    if len(set(y[train])) < 2:
+        raise DataError(
+            f"column {dataset.source.get('priority_column')!r}: the priority head needs at "
+            f"least two levels in the training rows, found {', '.join(present) or 'none'}"
+        )
+    if len(validation) == 0 or len(test) == 0:
+        raise DataError("too few rows with a priority for validation and test rows")
+    pipeline = build_pipeline(list(texts[train]), y[train], config)
+    if list(pipeline.named_steps["classifier"].classes_) != list(range(len(present))):
+        raise DataError("every priority level needs rows in the training split")
+    onnx_bytes = export_onnx(pipeline)
+    session = session_for(onnx_bytes)
+    test_onnx, agreement, max_difference = _check_export(pipeline, session, list(texts[test]))
+    validation_onnx = run_batched(session, list(texts[validation]), EXPORT_BATCH_SIZE)
+    thresholds = evaluation.choose_thresholds(
+        y[validation], validation_onnx, present, config.target_precision, config.min_support
+    )
+    cutoffs = {level: entry["threshold"] for level, entry in thresholds.items()}
+    return onnx_bytes, {
+        "column": dataset.source.get("priority_column"),
+        "labels": present,
+        "value_map": value_map,
+        "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "rows": {
+            "train": len(train),
+            "validation": len(validation),
+            "test": len(test),
+            "without_priority": int((~known).sum()),
+        },
+        "thresholds": thresholds,
+        "test": {
+            **evaluation.classification_summary(y[test], test_onnx.argmax(axis=1), present),
+            "at_thresholds": evaluation.threshold_summary(y[test], test_onnx, present, cutoffs),
+            "onnx_agreement": round(agreement, 6),
+            "onnx_max_probability_difference": max_difference,
+        },
+        "model_file_bytes": len(onnx_bytes),
+    }
 
 
 def _write_model_files(out: Path, files: dict[str, bytes]) -> None:

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from connectors.base import WriteBack
+from model.priority import LEVELS as PRIORITY_LEVELS
 from plugin.config import MODES
 from plugin.context import check_enrichment_options
 from plugin.rules import PolicyError, RuleOutcome, RuleSet
 
 log = logging.getLogger(__name__)
 
-PRIORITIES = ("low", "normal", "high", "urgent")
+PRIORITIES = PRIORITY_LEVELS
 AUTO_ROUTE = "auto_route"
 NEEDS_CONFIRMATION = "needs_confirmation"
 ESCALATE = "escalate"
@@ -235,7 +236,11 @@ class Policy:
         outcomes: list[RuleOutcome] = (
             self.rules.evaluate(ticket, prediction, account) if self.rules else []
         )
-        priorities = {"queue default": None, "text signal": prediction.priority_signal}
+        priorities = {
+            "queue default": None,
+            "text signal": prediction.priority_signal,
+            "priority model": getattr(prediction, "predicted_priority", None),
+        }
         extra_tags: list[str] = []
         follow_ups: list[dict[str, Any]] = []
         notes: list[str] = []

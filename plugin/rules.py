@@ -72,6 +72,7 @@ def _prediction_type() -> Any:
             "confidence": DataType.FLOAT,
             "threshold": nullable(DataType.FLOAT),
             "priority_signal": nullable(DataType.STRING),
+            "predicted_priority": nullable(DataType.STRING),
             "model_version": nullable(DataType.STRING),
             "probabilities": DataType.MAPPING(DataType.STRING, DataType.FLOAT),
             "terms": DataType.ARRAY(DataType.STRING),
