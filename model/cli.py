@@ -390,8 +390,8 @@ def _load_split(
 ):
     """Load the rows of one part of the training split, as ``train_model`` made it.
 
-    The file, the columns and the loading options must be those of training, or the split
-    would differ; the SHA-256 and the row count recorded in metrics.json check that.
+    The file, the columns and the loading options must be those of training, because any
+    other gives another split. The SHA-256 and the row count in metrics.json check this.
     """
     missing = [name for name in TRAIN_MODULES if importlib.util.find_spec(name) is None]
     if missing:

@@ -1,6 +1,6 @@
 """Priority levels, and how a help desk's own priority values map onto them.
 
-A priority column in exported tickets holds whatever the help desk calls its levels:
+A priority column in exported tickets uses the help desk's own names for its levels:
 Zendesk's ``low`` to ``urgent``, Jira's ``Lowest`` to ``Highest``, ITIL's ``1 - Critical``
 or ``P2``. The priority head is trained on deskroute's four levels, so every value is
 mapped first: through an explicit map when the admin gives one, then by name, then by a
@@ -95,9 +95,12 @@ def map_priorities(
             seen[value.strip()] = level
         levels.append(level)
     if unknown:
-        shown = ", ".join(f"{value!r} ({count} rows)" for value, count in unknown.most_common(10))
+        listed = ", ".join(
+            f"{value!r} ({count} {'row' if count == 1 else 'rows'})"
+            for value, count in unknown.most_common(10)
+        )
         raise DataError(
-            f"priority values that map to no level: {shown}; give them with "
+            f"priority values that map to no level: {listed}; give them with "
             f"--priority-map VALUE=LEVEL,... (levels: {', '.join(LEVELS)})"
         )
     return levels, dict(sorted(seen.items()))

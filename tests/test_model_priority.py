@@ -96,7 +96,7 @@ def test_unmapped_values_are_listed_with_counts():
 
     message = str(caught.value)
     assert "'soonish' (2 rows)" in message
-    assert "'later' (1 rows)" in message
+    assert "'later' (1 row)" in message
     assert "--priority-map" in message
 
 
@@ -216,7 +216,8 @@ def test_cli_train_with_map_and_evaluate(tmp_path):
 
     unmapped = runner.invoke(train_command, [*base, "--out", str(out), "--priority", "urgency"])
     assert unmapped.exit_code == 1
-    assert "'0' (" in unmapped.output and "--priority-map" in unmapped.output
+    assert "'0' (" in unmapped.output
+    assert "--priority-map" in unmapped.output
 
     codes_map = "0=urgent,1=high,2=normal,3=low"
     result = runner.invoke(
@@ -272,7 +273,7 @@ def make_prediction(**values) -> Prediction:
     )
 
 
-def test_policy_takes_the_higher_of_model_and_text_priority():
+def test_policy_priority_from_head():
     policy = Policy.load(None)
     ticket = Ticket(
         helpdesk="zendesk",
