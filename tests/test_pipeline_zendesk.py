@@ -6,6 +6,7 @@ write-back is asserted as the whole PUT body.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 
@@ -15,6 +16,9 @@ from responses import matchers
 from responses.registries import OrderedRegistry
 
 from connectors.zendesk import ZendeskConnector
+from model.data import load_dataset
+from model.inference import Classifier
+from model.train import TrainConfig, train_model
 from plugin import create_app
 from plugin.store import DONE, FAILED, PENDING
 
@@ -180,6 +184,64 @@ def test_auto_mode_routes_confident_ticket(make_app, http, classifier):
     assert "Reasons:" in note
     assert decision["writeback_result"]["ok"] is True
     assert decision["timings"]["writeback_ms"] > 0
+
+
+@pytest.fixture(scope="module")
+def priority_model(tmp_path_factory):
+    """A model whose priority head learned Jira's "Highest" for hardware and access tickets.
+
+    Returns the classifier and a sample text that its head calls urgent and whose queue
+    reaches its threshold, so that auto mode writes the priority.
+    """
+    rows = list(csv.DictReader((FIXTURES / "data" / "it-service-tickets-sample.csv").open()))
+    for row in rows:
+        row["priority"] = "Highest" if row["queue"] in ("Hardware", "Access") else "Low"
+    folder = tmp_path_factory.mktemp("priority-model")
+    with (folder / "tickets.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "queue", "priority"])
+        writer.writeheader()
+        writer.writerows(rows)
+    dataset = load_dataset(folder / "tickets.csv", ["text"], "queue", priority_column="priority")
+    train_model(dataset, folder / "model", TrainConfig(name="sample", target_precision=0.8))
+    classifier = Classifier.load(folder / "model")
+    highest = [row["text"] for row in rows if row["priority"] == "Highest"]
+    urgent = [
+        text
+        for text, prediction in zip(highest, classifier.predict_many(highest), strict=True)
+        if prediction.predicted_priority == "urgent" and prediction.meets_threshold
+    ]
+    assert urgent, "no sample ticket is both routed and called urgent"
+    return classifier, urgent[0]
+
+
+def test_priority_head_sets_the_written_priority(tmp_path, http, priority_model):
+    classifier, text = priority_model
+    settings = make_settings(
+        tmp_path,
+        policy_file=write_policy(tmp_path / "policy.toml", "auto"),
+        zendesk_subdomain=SUBDOMAIN,
+        zendesk_email="deskroute@example.com",
+        zendesk_token=TOKEN,
+    )
+    connector = ZendeskConnector(SUBDOMAIN, "deskroute@example.com", TOKEN, max_attempts=1)
+    app = create_app(settings, classifier=classifier, connectors={"zendesk": connector})
+    shown = api("ticket_show__sideloads")
+    shown["ticket"].update(subject="", description=text)
+    expect_me(http)
+    http.get(TICKET_URL, json=shown)
+    bodies = capture_put(http)
+
+    try:
+        run(app, app.test_client())
+        decision = only_decision(app)
+    finally:
+        app.extensions["deskroute"].store.dispose()
+
+    assert decision["action"] == "auto_route"
+    assert decision["priority"] == "urgent"
+    assert decision["prediction"]["predicted_priority"] == "urgent"
+    assert bodies[0]["ticket"]["priority"] == "urgent"
+    assert "- priority: urgent from the priority model" in bodies[0]["ticket"]["comment"]["body"]
 
 
 def test_suggest_mode_writes_note_and_tags_only(make_app, http):
