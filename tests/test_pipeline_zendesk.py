@@ -225,10 +225,10 @@ def test_priority_head_sets_the_written_priority(tmp_path, http, priority_model)
     )
     connector = ZendeskConnector(SUBDOMAIN, "deskroute@example.com", TOKEN, max_attempts=1)
     app = create_app(settings, classifier=classifier, connectors={"zendesk": connector})
-    shown = api("ticket_show__sideloads")
-    shown["ticket"].update(subject="", description=text)
+    ticket = api("ticket_show__sideloads")
+    ticket["ticket"].update(subject="", description=text)
     expect_me(http)
-    http.get(TICKET_URL, json=shown)
+    http.get(TICKET_URL, json=ticket)
     bodies = capture_put(http)
 
     try:
