@@ -18,6 +18,8 @@ from model.inference import DEFAULT_MODEL_DIR, Classifier, ModelError, Predictio
 from model.train import TUNING_GRID, TrainConfig, build_pipeline, split_indices, train_model
 
 SAMPLE = Path(__file__).parent / "fixtures" / "data" / "it-service-tickets-sample.csv"
+# The rows of the shipped model's test split, in file order.
+TEST_SPLIT = SAMPLE.with_name("it-service-tickets-test-split.csv")
 QUEUES = [
     "Access",
     "Administrative rights",
@@ -464,6 +466,21 @@ def test_shipped_model_matches_metrics():
     assert accuracy >= metrics["test"]["accuracy"] - 0.05
     for queue, entry in metrics["thresholds"].items():
         assert classifier.thresholds[queue] == entry["threshold"]
+
+
+def test_shipped_model_reproduces_its_test_figures():
+    metrics = json.loads((DEFAULT_MODEL_DIR / "metrics.json").read_text())
+
+    report = evaluate_json(DEFAULT_MODEL_DIR, TEST_SPLIT)
+
+    test = metrics["test"]
+    assert report["rows"] == metrics["rows"]["test"]
+    assert report["accuracy"] == test["accuracy"]
+    assert report["macro_f1"] == test["macro_f1"]
+    assert report["per_class"] == test["per_class"]
+    assert report["coverage_at_precision"] == test["coverage_at_precision"]
+    for key in ("rows", "routed", "coverage", "precision"):
+        assert report["at_thresholds"][key] == test["at_thresholds"][key]
 
 
 def test_tune_picks_best_validation(sample, tmp_path):
