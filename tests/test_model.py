@@ -478,6 +478,7 @@ def test_shipped_model_reproduces_its_test_figures():
     assert report["accuracy"] == test["accuracy"]
     assert report["macro_f1"] == test["macro_f1"]
     assert report["per_class"] == test["per_class"]
+    assert report["confusion_matrix"] == test["confusion_matrix"]
     assert report["coverage_at_precision"] == test["coverage_at_precision"]
     for key in ("rows", "routed", "coverage", "precision"):
         assert report["at_thresholds"][key] == test["at_thresholds"][key]
