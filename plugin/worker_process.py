@@ -21,6 +21,28 @@ log = logging.getLogger(__name__)
 # Waits before starting a worker process again after it exited, in seconds.
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
+# Held while the supervisor starts a worker process, and by every os.fork() of the arbiter.
+# Popen waits for its child's exec by reading a pipe until the write end closes. A gunicorn
+# web process forked in that moment keeps a copy of the write end, so Popen blocked until
+# that web process exited, and a worker that died meanwhile was never restarted.
+_spawn_lock = threading.Lock()
+_fork_guard_installed = False
+
+
+def _install_fork_guard() -> None:
+    """Make os.fork() in this process wait for a Popen of the supervisor in progress."""
+    global _fork_guard_installed
+    if _fork_guard_installed:
+        return
+    # _posixsubprocess runs these hooks only with a preexec_fn, which the supervisor never
+    # passes, so its own Popen cannot wait on the lock it holds.
+    os.register_at_fork(
+        before=_spawn_lock.acquire,
+        after_in_parent=_spawn_lock.release,
+        after_in_child=_spawn_lock.release,
+    )
+    _fork_guard_installed = True
+
 
 def run_worker_process(settings, log_level: str = "info", parent: int | None = None) -> None:
     """Run the worker loop in this process until SIGTERM or SIGINT.
@@ -89,6 +111,7 @@ class WorkerSupervisor:
         return command
 
     def start(self) -> None:
+        _install_fork_guard()
         self._thread = threading.Thread(
             target=self._supervise, name="deskroute-supervisor", daemon=True
         )
@@ -98,7 +121,8 @@ class WorkerSupervisor:
         restarts = 0
         while not self._stopping.is_set():
             started = time.monotonic()
-            self._process = subprocess.Popen(self.command())
+            with _spawn_lock:
+                self._process = subprocess.Popen(self.command())
             log.info("worker process %s started", self._process.pid)
             exitcode = self._process.wait()
             # A worker that exits cleanly received a stop signal, usually from the shutdown
