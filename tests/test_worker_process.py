@@ -9,57 +9,67 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs in a fresh interpreter, so that the fork hooks and forked children stay out of the
-# pytest process. A thread starts processes the way WorkerSupervisor does while the main
-# thread forks children that live for CHILD_SECONDS, as gunicorn forks web processes.
+# Runs in a fresh interpreter, so that the fork hooks stay out of the pytest process. A
+# thread holds the spawn lock for HOLD_SECONDS, as the supervisor does while its Popen
+# waits for the child's exec, and the main thread forks as gunicorn does for a web
+# process. With the guard, the child takes the lock itself, to show that it was released
+# there.
 SCRIPT = textwrap.dedent(
     """
-    import os, subprocess, sys, threading, time
+    import os, sys, threading, time
     from plugin import worker_process
 
-    CHILD_SECONDS = 3.0
+    HOLD_SECONDS = 1.0
     if sys.argv[1] == "guarded":
         worker_process._install_fork_guard()
-    durations = []
+    held = threading.Event()
 
-    def spawn():
-        for _ in range(20):
-            started = time.monotonic()
+    def hold():
+        with worker_process._spawn_lock:
+            held.set()
+            time.sleep(HOLD_SECONDS)
+
+    threading.Thread(target=hold).start()
+    held.wait()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        # Without the guard the child's copy of the lock stays held, so only take it here
+        # when the guard released it.
+        if sys.argv[1] == "guarded":
             with worker_process._spawn_lock:
-                process = subprocess.Popen([sys.executable, "-c", "pass"])
-            durations.append(time.monotonic() - started)
-            process.wait()
-
-    thread = threading.Thread(target=spawn)
-    thread.start()
-    children = []
-    while thread.is_alive():
-        pid = os.fork()
-        if pid == 0:
-            time.sleep(CHILD_SECONDS)
-            os._exit(0)
-        children.append(pid)
-        time.sleep(0.01)
-    for pid in children:
-        os.waitpid(pid, 0)
-    print(max(durations))
+                os._exit(0)
+        os._exit(0)
+    waited = time.monotonic() - started
+    _, status = os.waitpid(pid, 0)
+    print(waited, os.waitstatus_to_exitcode(status))
     """
 )
 
 
-def slowest_start(mode: str) -> float:
+def fork_wait(mode: str) -> tuple[float, int]:
+    """Return how long os.fork() waited, and the child's exit code."""
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, mode],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=60,
         check=True,
     )
-    return float(result.stdout.strip())
+    waited, exitcode = result.stdout.split()
+    return float(waited), int(exitcode)
 
 
-def test_fork_guard_keeps_popen_from_blocking():
-    # A Popen that overlaps a fork waits for the forked child to exit, CHILD_SECONDS.
-    assert slowest_start("unguarded") > 2.0
-    assert slowest_start("guarded") < 1.0
+def test_fork_waits_for_spawn_in_progress():
+    waited, exitcode = fork_wait("guarded")
+
+    assert waited >= 0.5
+    assert exitcode == 0
+
+
+def test_fork_without_guard_does_not_wait():
+    waited, exitcode = fork_wait("unguarded")
+
+    assert waited < 0.5
+    assert exitcode == 0
