@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -35,6 +36,7 @@ TRAIN_STEPS = 6
 # Imported by model.train only inside its functions, so the CLI loads without them.
 TRAIN_MODULES = ("sklearn", "skl2onnx", "onnx")
 SPLITS = ("all", "train", "validation", "test")
+MAX_NAME_LENGTH = 64
 
 
 @click.command("train")
@@ -153,7 +155,7 @@ def train_command(
     )
     _report_data(dataset.source)
     config = TrainConfig(
-        name=name or data_file.resolve().parent.name,
+        name=_model_name(name or data_file.resolve().parent.name),
         target_precision=target_precision,
         word_features=word_features,
         char_features=char_features,
@@ -198,6 +200,15 @@ def train_command(
         )
         click.echo("  values: " + ", ".join(f"{k}={v}" for k, v in head["value_map"].items()))
         _print_thresholds(head["thresholds"])
+
+
+def _model_name(name: str) -> str:
+    """Keep the model name to letters, digits, dots, dashes and underscores.
+
+    The name starts the model version, which goes into logs, notes and tags.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "model"
+    return cleaned[:MAX_NAME_LENGTH]
 
 
 def _print_thresholds(thresholds: dict) -> None:
@@ -359,6 +370,10 @@ def evaluate_priority(classifier, dataset, batch_size: int = 64) -> dict:
     mapping.update((classifier.metrics.get("config") or {}).get("priority_map") or {})
     levels, _ = map_priorities(dataset.priorities or [], mapping)
     known = [i for i, level in enumerate(levels) if level is not None]
+    if not known:
+        raise DataError(
+            f"no row has a priority in column {dataset.source.get('priority_column')!r}"
+        )
     labels = classifier.priority_levels
     index = {level: i for i, level in enumerate(labels)}
     # A level the head never learned counts as an error, as unknown queues do.

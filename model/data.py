@@ -19,6 +19,7 @@ from model.normalize import normalize_text
 logger = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+MAX_FIELD_BYTES = 16 * 1024 * 1024
 DEFAULT_MIN_ROWS = 10
 DEFAULT_FALLBACK_LABEL = "Other"
 
@@ -50,15 +51,35 @@ def parse_columns(value: str) -> list[str]:
 
 
 def read_records(path: Path) -> tuple[list[dict], list[str]]:
-    """Read a CSV file (header row) or a JSON Lines file into dicts and the column names."""
+    """Read a CSV file (header row) or a JSON Lines file into dicts and the column names.
+
+    Both are read as UTF-8, with or without the byte order mark that spreadsheet programs
+    write.
+    """
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    if path.suffix.lower() in JSONL_SUFFIXES:
-        return _read_jsonl(path)
-    with path.open(newline="", encoding="utf-8") as handle:
+    try:
+        if path.suffix.lower() in JSONL_SUFFIXES:
+            return _read_jsonl(path)
+        return _read_csv(path)
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x}: {error.reason}); "
+            "save it as UTF-8"
+        ) from error
+
+
+def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
+    # Ticket descriptions with long mail threads exceed the csv module's default field
+    # limit of 128 KiB.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_BYTES))
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames:
             raise DataError(f"{path}: empty CSV file, expected a header row")
+        repeated = sorted({name for name in reader.fieldnames if reader.fieldnames.count(name) > 1})
+        if repeated:
+            raise DataError(f"{path}: the header row repeats column(s) {', '.join(repeated)}")
         try:
             records = list(reader)
         except csv.Error as error:
@@ -69,14 +90,17 @@ def read_records(path: Path) -> tuple[list[dict], list[str]]:
 def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
     records: list[dict] = []
     columns: dict[str, None] = {}
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}: invalid JSON at line {number}: {error}") from error
+            except (ValueError, RecursionError) as error:
+                # ValueError covers JSONDecodeError and integers over Python's digit limit;
+                # RecursionError comes from arrays nested thousands deep.
+                reason = "nested too deeply" if isinstance(error, RecursionError) else error
+                raise DataError(f"{path}: invalid JSON at line {number}: {reason}") from error
             if not isinstance(record, dict):
                 raise DataError(f"{path}: line {number} is not a JSON object")
             records.append(record)
@@ -103,6 +127,11 @@ def load_dataset(
     fallback label when the model has one and kept otherwise, so they count as errors.
     """
     path = Path(path)
+    if label_column in text_columns:
+        raise DataError(
+            f"column {label_column!r} is both the label and a text column; the model would "
+            "learn the answer from the text"
+        )
     records, columns = read_records(path)
     wanted = [*text_columns, label_column, *([priority_column] if priority_column else [])]
     missing = [name for name in wanted if name not in columns]
@@ -119,11 +148,11 @@ def load_dataset(
     empty_texts = 0
     missing_labels = 0
     for record in records:
-        label = str(record.get(label_column) or "").strip()
+        label = _cell(record.get(label_column)).strip()
         if not label:
             missing_labels += 1
             continue
-        parts = [str(record.get(name) or "") for name in text_columns]
+        parts = [_cell(record.get(name)) for name in text_columns]
         text = normalize_text("\n".join(parts))
         if not text:
             empty_texts += 1
@@ -131,7 +160,7 @@ def load_dataset(
         texts.append(text)
         labels.append(label)
         if priority_column:
-            priorities.append(str(record.get(priority_column) or "").strip())
+            priorities.append(_cell(record.get(priority_column)).strip())
 
     if not texts:
         raise DataError(f"{path}: no row has both a label and a non-empty text")
@@ -191,6 +220,11 @@ def load_dataset(
         source=source,
         priorities=priorities if priority_column else None,
     )
+
+
+def _cell(value) -> str:
+    """Return a CSV cell or JSON value as text; only a missing value or null is empty."""
+    return "" if value is None else str(value)
 
 
 def merge_rare_labels(

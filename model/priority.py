@@ -54,7 +54,12 @@ def parse_priority_map(text: str | None) -> dict[str, str]:
             raise DataError(
                 f"priority map entry {item.strip()!r}: level must be one of {', '.join(LEVELS)}"
             )
-        mapping[value.strip().lower()] = level
+        key = value.strip().lower()
+        if mapping.get(key, level) != level:
+            raise DataError(
+                f"priority map gives {value.strip()!r} two levels: {mapping[key]} and {level}"
+            )
+        mapping[key] = level
     return mapping
 
 
@@ -100,7 +105,7 @@ def map_priorities(
             for value, count in unknown.most_common(10)
         )
         raise DataError(
-            f"priority values that map to no level: {listed}; give them with "
+            f"priority values that map to no level: {listed}; map them when training with "
             f"--priority-map VALUE=LEVEL,... (levels: {', '.join(LEVELS)})"
         )
     return levels, dict(sorted(seen.items()))

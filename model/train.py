@@ -226,6 +226,9 @@ def train_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    if dataset.priorities is not None:
+        # Checked before the queue head is fitted, so a bad value stops training at once.
+        map_priorities(dataset.priorities, config.priority_map)
     labels = sorted(set(dataset.labels))
     label_index = {label: i for i, label in enumerate(labels)}
     y = np.array([label_index[label] for label in dataset.labels])

@@ -33,6 +33,11 @@ def build_terms(
     features = dict(pipeline.named_steps["features"].transformer_list)
     word_vectorizer = features["word"]
     coefficients = pipeline.named_steps["classifier"].coef_
+    if coefficients.shape[0] == 1:
+        # With two classes scikit-learn keeps one row, the weights of the second class
+        # against a first class at zero. Halved and mirrored, they are the same centred
+        # weights that several classes give.
+        coefficients = np.vstack([-coefficients, coefficients]) / 2
     word_columns = len(word_vectorizer.vocabulary_)
     names = word_vectorizer.get_feature_names_out()
 

@@ -334,6 +334,100 @@ def test_invalid_json_line_is_reported(tmp_path):
         load_dataset(path, ["text"], "queue")
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "invalid JSON at line 2: nested too deeply"),
+        ('{"text": "a", "queue": ' + "9" * 5000 + "}", "invalid JSON at line 2: Exceeds"),
+    ],
+)
+def test_hostile_json_lines_are_reported(tmp_path, line, message):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a", "queue": "b"}\n' + line + "\n")
+
+    with pytest.raises(DataError, match=message):
+        load_dataset(path, ["text"], "queue")
+
+
+def test_json_integer_labels_are_kept(tmp_path):
+    path = tmp_path / "t.jsonl"
+    rows = [{"text": f"printer jammed on floor {i}", "queue": i % 2} for i in range(20)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    dataset = load_dataset(path, ["text"], "queue")
+
+    assert dataset.source["dropped_missing_label"] == 0
+    assert sorted(set(dataset.labels)) == ["0", "1"]
+
+
+def test_csv_with_byte_order_mark(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufefftext,queue\nprinter is jammed,Hardware\n".encode())
+
+    dataset = load_dataset(path, ["text"], "queue", min_rows=1, known_labels=["Hardware"])
+
+    assert dataset.labels == ["Hardware"]
+
+
+def test_non_utf8_file_is_reported(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,queue\nimprimante bloquée,Hardware\n".encode("latin-1"))
+
+    with pytest.raises(DataError, match="is not UTF-8 text .*save it as UTF-8"):
+        load_dataset(path, ["text"], "queue")
+
+
+def test_long_field_is_read(tmp_path):
+    rows = sample_rows()
+    rows[0] = {**rows[0], "text": rows[0]["text"] + " printer" * 30_000}
+    path = write_csv(tmp_path / "long.csv", rows)
+
+    dataset = load_dataset(path, ["text"], "queue")
+
+    assert len(dataset) == 480
+
+
+def test_repeated_header_is_reported(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("text,queue,queue\nprinter is jammed,Hardware,Access\n")
+
+    with pytest.raises(DataError, match="repeats column"):
+        load_dataset(path, ["text"], "queue")
+
+
+def test_label_as_text_column_is_rejected():
+    with pytest.raises(DataError, match="both the label and a text column"):
+        load_dataset(SAMPLE, ["text", "queue"], "queue")
+
+
+def test_two_queues_train_and_explain(tmp_path):
+    rows = [row for row in sample_rows() if row["queue"] in ("Hardware", "Access")]
+    dataset = load_dataset(write_csv(tmp_path / "two.csv", rows), ["text"], "queue")
+
+    train_model(dataset, tmp_path / "model", CONFIG)
+    classifier = Classifier.load(tmp_path / "model")
+    prediction = classifier.predict(rows[0]["text"])
+
+    assert classifier.labels == ["Access", "Hardware"]
+    assert prediction.queue == rows[0]["queue"]
+    assert prediction.terms
+    terms = json.loads((tmp_path / "model" / "terms.json").read_text())["weights"]
+    assert set(terms) == {"Access", "Hardware"}
+    assert terms["Access"].keys().isdisjoint(terms["Hardware"])
+
+
+def test_cli_model_name_is_cleaned(tmp_path):
+    result = CliRunner().invoke(
+        train_command,
+        ["--data", str(SAMPLE), "--text", "text", "--label", "queue", "--out", str(tmp_path)]
+        + ["--name", "../../our queues"],
+    )
+
+    assert result.exit_code == 0, result.output
+    version = json.loads((tmp_path / "metrics.json").read_text())["model_version"]
+    assert version.startswith("our-queues-")
+
+
 def test_cli_train_and_evaluate(tmp_path):
     runner = CliRunner()
     out = tmp_path / "model"

@@ -83,7 +83,11 @@ def test_explicit_map_comes_first():
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("P1", "is not VALUE=LEVEL"), ("P1=soon", "level must be one of low, normal")],
+    [
+        ("P1", "is not VALUE=LEVEL"),
+        ("P1=soon", "level must be one of low, normal"),
+        ("Sev A=urgent,sev a=low", "gives 'sev a' two levels: urgent and low"),
+    ],
 )
 def test_bad_map_entries_are_named(text, message):
     with pytest.raises(DataError, match=message):
@@ -248,6 +252,22 @@ def test_cli_priority_map_needs_priority_column(tmp_path):
 
     assert result.exit_code == 2
     assert "--priority-map needs --priority" in result.output
+
+
+def test_evaluate_priority_without_values(trained, tmp_path):
+    rows = rows_with_priority()
+    for row in rows:
+        row["priority"] = ""
+    data = write_csv(tmp_path / "empty.csv", rows)
+
+    result = CliRunner().invoke(
+        evaluate_command,
+        ["--model", str(trained[0]), "--data", str(data), "--text", "text", "--label", "queue"]
+        + ["--priority", "priority"],
+    )
+
+    assert result.exit_code == 1
+    assert "no row has a priority in column 'priority'" in result.output
 
 
 def test_evaluate_priority_needs_a_head(tmp_path):
