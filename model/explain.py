@@ -60,6 +60,8 @@ class Explainer:
         if not path.is_file():
             return None
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
         if data.get("model_version") != model_version:
             raise ValueError(
                 f"{path} belongs to model version {data.get('model_version')}, "

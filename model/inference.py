@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from model import signals
-from model.explain import Explainer, basic_guards
+from model.explain import TERMS_FILE, Explainer, basic_guards
 from model.normalize import normalize_text
 from model.onnx_graph import (
     METRICS_FILE,
@@ -105,8 +105,9 @@ class Classifier:
     def load(cls, path: str | Path | None = None) -> Classifier:
         """Load a model folder; None loads the shipped model in model/default/.
 
-        The folder contains ``model.onnx`` and ``metrics.json``, and ``terms.json`` when the model
-        has explanation terms.
+        The folder contains ``model.onnx``, ``metrics.json`` and ``terms.json``, and
+        ``priority.onnx`` when metrics.json lists a priority head. terms.json is required
+        because it holds the text profile the guards check.
 
         Raises :class:`ModelError` when a file is missing, the metrics file does not belong
         to the ONNX file, or the model's outputs do not match the label list.
@@ -116,7 +117,7 @@ class Classifier:
             folder = folder.parent
         model_file = folder / MODEL_FILE
         metrics_file = folder / METRICS_FILE
-        for required in (model_file, metrics_file):
+        for required in (model_file, metrics_file, folder / TERMS_FILE):
             if not required.is_file():
                 raise ModelError(f"model file not found: {required}")
 
@@ -125,9 +126,7 @@ class Classifier:
             metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ModelError(f"{metrics_file}: invalid JSON: {error}") from error
-        for key in ("labels", "model_version"):
-            if key not in metrics:
-                raise ModelError(f"{metrics_file}: missing key {key!r}")
+        _check_metrics(metrics, metrics_file)
 
         digest = hashlib.sha256(onnx_bytes).hexdigest()
         suffix = metrics["model_version"].rsplit("-", 1)[-1]
@@ -144,10 +143,8 @@ class Classifier:
 
         try:
             explainer = Explainer.load(folder, metrics["model_version"])
-        except (ValueError, KeyError) as error:
-            raise ModelError(f"{folder}: invalid explanation terms: {error}") from error
-        if explainer is None:
-            logger.warning("model %s has no terms.json: no explanation terms", folder)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ModelError(f"{folder / TERMS_FILE}: invalid: {error}") from error
 
         priority_session = _load_priority_head(folder, metrics) if "priority" in metrics else None
         classifier = cls(session, metrics, folder, explainer, priority_session)
@@ -232,6 +229,44 @@ class Classifier:
             predicted_priority=predicted_priority,
             priority_confidence=priority_confidence,
         )
+
+
+def _check_metrics(metrics, metrics_file: Path) -> None:
+    """Reject a metrics.json whose labels or thresholds the server cannot use.
+
+    A hand-edited threshold that is not a number would otherwise fail every delivery.
+    """
+    if not isinstance(metrics, dict):
+        raise ModelError(f"{metrics_file}: expected a JSON object")
+    for key in ("labels", "model_version"):
+        if key not in metrics:
+            raise ModelError(f"{metrics_file}: missing key {key!r}")
+    labels = metrics["labels"]
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ModelError(f"{metrics_file}: 'labels' must be a list of strings")
+    if not isinstance(metrics["model_version"], str):
+        raise ModelError(f"{metrics_file}: 'model_version' must be a string")
+    sections = [("thresholds", metrics.get("thresholds") or {})]
+    head = metrics.get("priority")
+    if head is not None:
+        if not isinstance(head, dict) or not isinstance(head.get("labels"), list):
+            raise ModelError(f"{metrics_file}: 'priority' must be an object with 'labels'")
+        sections.append(("priority.thresholds", head.get("thresholds") or {}))
+    for name, thresholds in sections:
+        if not isinstance(thresholds, dict):
+            raise ModelError(f"{metrics_file}: {name!r} must be an object")
+        for label, entry in thresholds.items():
+            threshold = entry.get("threshold") if isinstance(entry, dict) else entry
+            valid = threshold is None or (
+                isinstance(threshold, int | float)
+                and not isinstance(threshold, bool)
+                and 0.0 <= threshold <= 1.0
+            )
+            if not isinstance(entry, dict) or not valid:
+                raise ModelError(
+                    f"{metrics_file}: {name}.{label}.threshold must be null or a number "
+                    f"from 0 to 1, found {threshold!r}"
+                )
 
 
 def _load_priority_head(folder: Path, metrics: dict):

@@ -231,9 +231,14 @@ def test_predict_from_threads(sample, classifier):
         assert worker_result == expected
 
 
+def copy_model(source: Path, target: Path) -> None:
+    for name in ("model.onnx", "metrics.json", "terms.json"):
+        (target / name).write_bytes((source / name).read_bytes())
+
+
 def test_load_rejects_mismatched_metrics(trained, tmp_path):
     out = trained[0]
-    (tmp_path / "model.onnx").write_bytes((out / "model.onnx").read_bytes())
+    copy_model(out, tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["model_version"] = "sample-000000000000"
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
@@ -249,12 +254,40 @@ def test_load_missing_folder(tmp_path):
 
 def test_load_rejects_wrong_label_count(trained, tmp_path):
     out = trained[0]
-    (tmp_path / "model.onnx").write_bytes((out / "model.onnx").read_bytes())
+    copy_model(out, tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["labels"] = metrics["labels"][:3]
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
 
     with pytest.raises(ModelError, match="returns 8 probabilities"):
+        Classifier.load(tmp_path)
+
+
+def test_load_needs_terms(trained, tmp_path):
+    copy_model(trained[0], tmp_path)
+    (tmp_path / "terms.json").unlink()
+
+    with pytest.raises(ModelError, match="model file not found: .*terms.json"):
+        Classifier.load(tmp_path)
+
+
+@pytest.mark.parametrize("content", ["[]", '{"model_version": 1}', "{"])
+def test_load_rejects_invalid_terms(trained, tmp_path, content):
+    copy_model(trained[0], tmp_path)
+    (tmp_path / "terms.json").write_text(content)
+
+    with pytest.raises(ModelError, match="terms.json: invalid"):
+        Classifier.load(tmp_path)
+
+
+@pytest.mark.parametrize("threshold", ["abc", 1.5, True])
+def test_load_rejects_invalid_threshold(trained, tmp_path, threshold):
+    copy_model(trained[0], tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics["thresholds"]["Access"]["threshold"] = threshold
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+
+    with pytest.raises(ModelError, match="thresholds.Access.threshold must be null or a number"):
         Classifier.load(tmp_path)
 
 
