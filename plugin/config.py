@@ -75,7 +75,9 @@ class Settings:
     run_worker: bool = True
     worker_poll_seconds: float = 0.2
     # Attempts before a delivery is marked failed; retries back off exponentially.
-    max_attempts: int = 5
+    # With retry_base_seconds = 2 the waits are 2, 4, ... 256 and 300 s, so a delivery
+    # outlasts an outage of about 13 minutes before it is marked failed.
+    max_attempts: int = 10
     retry_base_seconds: float = 2.0
     # A claimed delivery whose worker did not finish within this time is claimed again.
     lease_seconds: float = 120.0

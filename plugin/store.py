@@ -284,29 +284,34 @@ class Store:
         )
 
     def claim_next(self) -> Delivery | None:
-        """Claim the oldest delivery that is due, or whose worker's lease ran out."""
+        """Claim the next due delivery: new ones and lapsed leases first, then retries.
+
+        A retry waits behind new deliveries, so an outside system that keeps failing
+        delays only the deliveries that need it, not every ticket behind them.
+        """
         now = self.clock()
-        # Two indexed look-ups instead of one OR, which would scan the table: the oldest due
-        # pending delivery, and the oldest one whose worker's lease ran out.
-        pending = (
-            select(deliveries.c.id, deliveries.c.status, deliveries.c.claimed_by)
-            .where(deliveries.c.status == PENDING, deliveries.c.next_attempt_at <= now)
-            .order_by(deliveries.c.id)
-            .limit(1)
-        )
+        columns = (deliveries.c.id, deliveries.c.status, deliveries.c.claimed_by)
+        due = (deliveries.c.status == PENDING, deliveries.c.next_attempt_at <= now)
+        # Separate indexed look-ups instead of one OR, which would scan the table.
+        fresh = select(*columns).where(*due, deliveries.c.attempts == 0)
+        retried = select(*columns).where(*due, deliveries.c.attempts > 0)
         expired = (
-            select(deliveries.c.id, deliveries.c.status, deliveries.c.claimed_by)
+            select(*columns)
             .where(deliveries.c.status == PROCESSING, deliveries.c.claimed_until < now)
             .order_by(deliveries.c.claimed_until)
             .limit(1)
         )
+        fresh = fresh.order_by(deliveries.c.id).limit(1)
+        retried = retried.order_by(deliveries.c.id).limit(1)
         for _ in range(5):
             with self.engine.begin() as conn:
                 found = [
                     row
-                    for row in (conn.execute(pending).first(), conn.execute(expired).first())
+                    for row in (conn.execute(fresh).first(), conn.execute(expired).first())
                     if row is not None
                 ]
+                if not found:
+                    found = [row for row in (conn.execute(retried).first(),) if row is not None]
                 if not found:
                     return None
                 candidate = min(found, key=lambda row: row.id)

@@ -111,6 +111,23 @@ def test_retry_waits_for_backoff(database_url):
     assert again.last_error == "writeback: timed out"
 
 
+def test_new_delivery_goes_before_due_retry(database_url):
+    clock = Clock()
+    store = make_store(database_url, clock=clock)
+    store.add_delivery(event("d-1", ticket_id="101", helpdesk="jira"))
+    retried = store.claim_next()
+    store.retry_delivery(retried.id, "fetch: jira could not be reached", delay=1)
+    clock.now += 2
+    store.add_delivery(event("d-2", ticket_id="102"))
+
+    first = store.claim_next()
+    second = store.claim_next()
+
+    assert first.delivery_id == "d-2"
+    assert second.id == retried.id
+    assert second.attempts == 2
+
+
 def test_failed_delivery_stays_visible_and_can_be_requeued(database_url):
     store = make_store(database_url)
     store.add_delivery(event("d-1"))
