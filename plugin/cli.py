@@ -10,6 +10,7 @@ import sys
 import click
 
 from plugin.config import ConfigError, load_settings
+from plugin.logs import OneLineMessages
 from plugin.rules import PolicyError
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,9 @@ def configure_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(item, OneLineMessages) for item in handler.filters):
+            handler.addFilter(OneLineMessages())
 
 
 def _settings_or_exit(config_file, **overrides):
@@ -97,7 +101,10 @@ def _prepare_shared_state(settings) -> None:
     store = Store(settings.resolved_database_url())
     store.create_schema()
     store.dispose()
-    fill_local_secrets(settings)
+    try:
+        fill_local_secrets(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _check_startup(config_file: str | None) -> None:
@@ -159,9 +166,13 @@ def check_config(config_file: str | None) -> None:
     """Validate settings, policy and model; print them with secrets shown as [secure]."""
     from model.inference import Classifier, ModelError
     from plugin.policy import Policy
-    from plugin.state import build_connectors
+    from plugin.state import build_connectors, check_local_secrets
 
     settings = _settings_or_exit(config_file)
+    try:
+        check_local_secrets(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         policy = Policy.load(settings.policy_file)
     except PolicyError as exc:

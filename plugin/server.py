@@ -15,6 +15,21 @@ from __future__ import annotations
 import dataclasses
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
+
+from plugin.logs import escape_controls
+
+
+class AccessLogger(Logger):
+    """gunicorn's logger with control characters escaped in the request path.
+
+    The path is logged decoded, so ``%0a`` in a request would start a forged line.
+    """
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        atoms["U"] = escape_controls(atoms["U"])
+        return atoms
 
 
 class DeskrouteServer(BaseApplication):
@@ -69,6 +84,7 @@ def run_gunicorn(
         "timeout": 60,
         # The access log format leaves out query strings and headers, which may carry tokens.
         "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
+        "logger_class": AccessLogger,
     }
     if supervisor is not None:
         options["when_ready"] = lambda _arbiter: supervisor.start()

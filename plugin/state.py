@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from plugin.config import Secret, Settings
+from plugin.config import ConfigError, Secret, Settings
 from plugin.policy import Policy
 from plugin.store import Store
 
@@ -27,7 +27,7 @@ def local_secret(settings: Settings, name: str) -> Secret:
     """
     path = Path(settings.data_dir) / name
     if path.exists():
-        return Secret(path.read_text().strip())
+        return Secret(_read_local_secret(path, name))
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -35,6 +35,34 @@ def local_secret(settings: Settings, name: str) -> Secret:
         handle.write(value + "\n")
     log.warning("no %s configured: generated one in %s", name.replace("-", " "), path)
     return Secret(value)
+
+
+def _read_local_secret(path: Path, name: str) -> str:
+    value = path.read_text().strip()
+    if not value:
+        # An empty secret would reject every request, and generating a new one could
+        # silently change a value that is already configured in the help desk.
+        raise ConfigError(
+            f"{path} is empty: delete it to have a new {name.replace('-', ' ')} generated, "
+            "or write the secret into it"
+        )
+    return value
+
+
+def check_local_secrets(settings: Settings) -> None:
+    """Raise ConfigError for a generated secret file that exists but is empty."""
+    for name, configured in _secret_settings(settings):
+        path = Path(settings.data_dir) / name
+        if not configured and path.exists():
+            _read_local_secret(path, name)
+
+
+def _secret_settings(settings: Settings) -> list[tuple[str, Secret | None]]:
+    return [
+        ("api-token", settings.api_token),
+        ("zendesk-webhook-secret", settings.zendesk_webhook_secret),
+        ("jira-webhook-secret", settings.jira_webhook_secret),
+    ]
 
 
 def fill_local_secrets(settings: Settings) -> None:

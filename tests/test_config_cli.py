@@ -115,6 +115,16 @@ def test_check_config_rejects_bad_policy(tmp_path, monkeypatch):
     assert "queues.Hardware.priority 'asap'" in result.output
 
 
+def test_check_config_rejects_empty_secret_file(tmp_path, monkeypatch):
+    (tmp_path / "zendesk-webhook-secret").write_text("\n")
+    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
+
+    result = CliRunner().invoke(main, ["check-config"])
+
+    assert result.exit_code == 1
+    assert "zendesk-webhook-secret is empty: delete it" in result.output
+
+
 def test_check_config_rejects_missing_model(tmp_path, monkeypatch):
     monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("DESKROUTE_MODEL_DIR", str(tmp_path / "nowhere"))

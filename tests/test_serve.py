@@ -148,6 +148,24 @@ def test_serve_routes_a_signed_webhook(data_dir):
         server.stop()
 
 
+def test_request_values_cannot_forge_log_lines(data_dir):
+    server = Server(data_dir)
+    try:
+        requests.get(f"{server.url}/x%0aFORGED-PATH%0d", timeout=5)
+        event = ticket_event("1003")
+        event["type"] = "zen:event-type:ticket.unknown\nFORGED-TYPE"
+        response = server.post(event)
+        assert response.status_code == 200, response.text
+        output = server.output()
+    finally:
+        server.stop()
+
+    lines = output.splitlines()
+    assert not [line for line in lines if line.startswith("FORGED")]
+    assert any("/x\\nFORGED-PATH\\r" in line for line in lines)
+    assert any("ticket.unknown\\nFORGED-TYPE" in line for line in lines)
+
+
 def test_serve_rejects_unsigned_webhook(data_dir):
     server = Server(data_dir)
     try:
