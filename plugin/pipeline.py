@@ -240,7 +240,8 @@ class Pipeline:
             timings=timings,
         )
         log.info(
-            "%s ticket %s: write-back %s after %s attempt(s), delivery %s",
+            # Zendesk counts its PUTs, Jira every request of the write-back with retries.
+            "%s ticket %s: write-back %s, %s request(s) including retries, delivery %s",
             event.helpdesk,
             event.ticket_id,
             "applied" if result.ok else "skipped",

@@ -297,6 +297,13 @@ def test_trigger_body_without_any_ticket_is_400(client):
     assert response.get_json()["error"]["field"] == "ticket.id"
 
 
+def test_trigger_ticket_not_an_object_names_ticket(client):
+    response = post_zendesk(client, {"ticket": ["printer jammed"]})
+
+    assert response.status_code == 400
+    assert response.get_json()["error"]["field"] == "ticket"
+
+
 def test_trigger_without_invocation_header_deduplicates_by_body(app, client):
     payload = {"ticket": {"id": "77", "subject": "laptop screen flickers"}}
 
