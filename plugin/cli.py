@@ -95,12 +95,23 @@ def _prepare_shared_state(settings) -> None:
     Processes that started together would otherwise race on ``CREATE TABLE`` and on
     writing the secret files.
     """
+    from sqlalchemy.exc import OperationalError
+
     from plugin.state import fill_local_secrets
     from plugin.store import Store
 
     store = Store(settings.resolved_database_url())
-    store.create_schema()
-    store.dispose()
+    try:
+        store.create_schema()
+    except OperationalError as exc:
+        # The driver's first line says why (refused, unknown host, bad password); the
+        # rest is SQLAlchemy's context, which can repeat the URL.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise click.ClickException(
+            f"cannot open the database {settings.database_description()}: {reason}"
+        ) from None
+    finally:
+        store.dispose()
     try:
         fill_local_secrets(settings)
     except ConfigError as exc:

@@ -68,12 +68,11 @@ def validate(schema: Schema, payload: dict[str, Any]) -> dict[str, Any]:
 def _first_error(messages: Any, prefix: str = "") -> tuple[str, str]:
     if isinstance(messages, dict):
         key = sorted(messages, key=str)[0]
-        # marshmallow files errors of a whole nested object, such as "not an object",
-        # under _schema; the field is then the object itself.
         if key == "_schema":
-            name = prefix or "body"
-        else:
-            name = f"{prefix}.{key}" if prefix else str(key)
+            # marshmallow files errors of a whole nested object, such as "not an object",
+            # under _schema; the field is then the object itself.
+            return _first_error(messages[key], prefix or "body")
+        name = f"{prefix}.{key}" if prefix else str(key)
         return _first_error(messages[key], name)
     if isinstance(messages, list) and messages:
         first = messages[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 
 import pytest
 from click.testing import CliRunner
@@ -123,6 +124,23 @@ def test_check_config_rejects_empty_secret_file(tmp_path, monkeypatch):
 
     assert result.exit_code == 1
     assert "zendesk-webhook-secret is empty: delete it" in result.output
+
+
+def test_serve_reports_unreachable_database(tmp_path, monkeypatch):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    url = f"postgresql+psycopg://deskroute:db-password-value@127.0.0.1:{closed_port}/deskroute"
+    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DESKROUTE_DATABASE_URL", url)
+
+    result = CliRunner().invoke(main, ["serve", "--port", "1"])
+
+    assert result.exit_code == 1
+    assert "cannot open the database" in result.output
+    assert "Connection refused" in result.output
+    assert "db-password-value" not in result.output
+    assert "Traceback" not in result.output
 
 
 def test_check_config_rejects_missing_model(tmp_path, monkeypatch):
