@@ -23,11 +23,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from connectors.base import ConnectorError
+from model.priority import LEVELS as PRIORITIES
 
 log = logging.getLogger(__name__)
 
 # Priority classes, lowest first; the same names the help desks and the policy use.
-PRIORITIES = ("low", "normal", "high", "urgent")
 
 # Default circuit breaker: this many failures in a row open it for this many seconds.
 DEFAULT_BREAKER_FAILURES = 5
