@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from connectors.base import ConnectorError, WriteBack
+from connectors.base import ConnectorError, ConnectorTimeout, WriteBack
 from plugin.note import render_note
 from plugin.policy import Decision
 from plugin.store import DONE, IGNORED, DecisionExists, Delivery
@@ -37,12 +37,21 @@ class StepFailed(Exception):
         self.retry_after = retry_after
 
 
+# Wait before another write-back after one timed out, in seconds. The timed-out request
+# may still be in flight at the help desk. A retry that re-reads the ticket before it lands
+# does not see the note and posts it a second time.
+WRITEBACK_TIMEOUT_WAIT = 120.0
+
+
 def _connector_failure(step: str, exc: ConnectorError) -> StepFailed:
+    retry_after = getattr(exc, "retry_after", None)
+    if step == "writeback" and isinstance(exc, ConnectorTimeout):
+        retry_after = max(retry_after or 0.0, WRITEBACK_TIMEOUT_WAIT)
     return StepFailed(
         step,
         f"{type(exc).__name__}: {exc.message}",
         transient=exc.transient,
-        retry_after=getattr(exc, "retry_after", None),
+        retry_after=retry_after,
     )
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 
 import pytest
+import requests
 import responses
 from responses import matchers
 from responses.registries import OrderedRegistry
@@ -20,6 +22,7 @@ from model.data import load_dataset
 from model.inference import Classifier
 from model.train import TrainConfig, train_model
 from plugin import create_app
+from plugin.pipeline import WRITEBACK_TIMEOUT_WAIT
 from plugin.store import DONE, FAILED, PENDING
 
 from conftest import FIXTURES, bearer, load_fixture, make_settings, post_zendesk
@@ -332,6 +335,26 @@ def test_rate_limit_waits_for_retry_after(make_app, http, sleeps):
     assert sleeps == [7.0]
     assert only_decision(app)["status"] == "applied"
     assert len(bodies) == 1
+
+
+def test_writeback_timeout_waits_before_retrying(make_app, http):
+    app = make_app("auto")
+    store = app.extensions["deskroute"].store
+    expect_me(http)
+    expect_show(http)
+    for _ in range(3):
+        http.put(TICKET_URL, body=requests.exceptions.ReadTimeout("Read timed out."))
+
+    post_zendesk(app.test_client(), created_event())
+    started = time.time()
+    app.extensions["deskroute"].worker.drain(max_deliveries=1)
+
+    delivery = store.list_deliveries()[0]
+    assert delivery["status"] == PENDING
+    assert "ConnectorTimeout" in delivery["last_error"]
+    # The timed-out PUT may still land, so the retry waits for it rather than re-reading
+    # the ticket at once and posting the note again.
+    assert delivery["next_attempt_at"] >= started + WRITEBACK_TIMEOUT_WAIT
 
 
 def test_server_errors_retry_the_delivery(make_app, http):
