@@ -44,6 +44,8 @@ class Explainer:
     def __init__(self, profile: TextProfile, weights: dict[str, dict[str, float]]):
         self.profile = profile
         self._weights = weights
+        # Training writes one table per queue, in the order of the model's outputs.
+        self.queues = list(weights)
         self._bigram_starts = {
             queue: frozenset(term.split(" ", 1)[0] for term in table if " " in term)
             for queue, table in weights.items()

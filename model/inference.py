@@ -145,6 +145,13 @@ class Classifier:
             explainer = Explainer.load(folder, metrics["model_version"])
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelError(f"{folder / TERMS_FILE}: invalid: {error}") from error
+        # terms.json lists the queues in the order of the model's outputs; a metrics.json
+        # whose labels were reordered would name every prediction wrongly.
+        if explainer is not None and explainer.queues != list(metrics["labels"]):
+            raise ModelError(
+                f"{metrics_file} and {folder / TERMS_FILE} list the queues differently; "
+                "retrain or copy the matching files"
+            )
 
         priority_session = _load_priority_head(folder, metrics) if "priority" in metrics else None
         classifier = cls(session, metrics, folder, explainer, priority_session)
@@ -244,6 +251,11 @@ def _check_metrics(metrics, metrics_file: Path) -> None:
     labels = metrics["labels"]
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise ModelError(f"{metrics_file}: 'labels' must be a list of strings")
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ModelError(f"{metrics_file}: 'labels' repeats {', '.join(repeated)}")
+    if not isinstance(metrics.get("thresholds"), dict) or set(metrics["thresholds"]) != set(labels):
+        raise ModelError(f"{metrics_file}: 'thresholds' must have one entry per label")
     if not isinstance(metrics["model_version"], str):
         raise ModelError(f"{metrics_file}: 'model_version' must be a string")
     sections = [("thresholds", metrics.get("thresholds") or {})]
@@ -256,13 +268,17 @@ def _check_metrics(metrics, metrics_file: Path) -> None:
         if not isinstance(thresholds, dict):
             raise ModelError(f"{metrics_file}: {name!r} must be an object")
         for label, entry in thresholds.items():
-            threshold = entry.get("threshold") if isinstance(entry, dict) else entry
+            if not isinstance(entry, dict):
+                raise ModelError(
+                    f"{metrics_file}: {name}.{label} must be an object with a 'threshold'"
+                )
+            threshold = entry.get("threshold")
             valid = threshold is None or (
                 isinstance(threshold, int | float)
                 and not isinstance(threshold, bool)
                 and 0.0 <= threshold <= 1.0
             )
-            if not isinstance(entry, dict) or not valid:
+            if not valid:
                 raise ModelError(
                     f"{metrics_file}: {name}.{label}.threshold must be null or a number "
                     f"from 0 to 1, found {threshold!r}"

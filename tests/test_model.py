@@ -252,12 +252,57 @@ def test_load_missing_folder(tmp_path):
         Classifier.load(tmp_path / "nothing")
 
 
-def test_load_rejects_wrong_label_count(trained, tmp_path):
-    out = trained[0]
-    copy_model(out, tmp_path)
-    metrics = json.loads((out / "metrics.json").read_text())
+def edit_metrics(folder: Path, change) -> None:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    change(metrics)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def drop_labels(metrics):
     metrics["labels"] = metrics["labels"][:3]
-    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    metrics["thresholds"] = {label: metrics["thresholds"][label] for label in metrics["labels"]}
+
+
+def reverse_labels(metrics):
+    metrics["labels"] = metrics["labels"][::-1]
+
+
+def repeat_label(metrics):
+    metrics["labels"][1] = metrics["labels"][0]
+
+
+def drop_thresholds(metrics):
+    del metrics["thresholds"]
+
+
+def bare_threshold(metrics):
+    metrics["thresholds"]["Access"] = 0.5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (drop_labels, "list the queues differently"),
+        (reverse_labels, "list the queues differently"),
+        (repeat_label, "'labels' repeats Access"),
+        (drop_thresholds, "'thresholds' must have one entry per label"),
+        (bare_threshold, "thresholds.Access must be an object with a 'threshold'"),
+    ],
+)
+def test_load_rejects_edited_labels(trained, tmp_path, change, message):
+    copy_model(trained[0], tmp_path)
+    edit_metrics(tmp_path, change)
+
+    with pytest.raises(ModelError, match=message):
+        Classifier.load(tmp_path)
+
+
+def test_load_rejects_wrong_label_count(trained, tmp_path):
+    copy_model(trained[0], tmp_path)
+    edit_metrics(tmp_path, drop_labels)
+    terms = json.loads((tmp_path / "terms.json").read_text())
+    terms["weights"] = {label: terms["weights"][label] for label in QUEUES[:3]}
+    (tmp_path / "terms.json").write_text(json.dumps(terms))
 
     with pytest.raises(ModelError, match="returns 8 probabilities"):
         Classifier.load(tmp_path)
