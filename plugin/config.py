@@ -153,6 +153,9 @@ class Settings:
             shown[item.name] = value
         if self.database_url:
             shown["database_url"] = redact_url(self.database_url)
+        for name, value in shown.items():
+            if name != "database_url" and name.endswith("_url") and isinstance(value, str):
+                shown[name] = redact_http_url(value)
         return shown
 
     def database_description(self) -> str:
@@ -181,6 +184,21 @@ def redact_url(url: str) -> str:
         shown = parsed.set(password="secure").render_as_string(hide_password=False)
         shown = shown.replace(":secure@", ":[secure]@", 1)
     return shown.replace("%5Bsecure%5D", "[secure]")
+
+
+def redact_http_url(url: str) -> str:
+    """Return an HTTP URL with the password of any ``user:password@`` part as ``[secure]``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "[secure]"
+    if password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:[secure]@{host}"))
 
 
 def _is_secret_field(item: dataclasses.Field) -> bool:

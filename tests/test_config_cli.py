@@ -116,6 +116,18 @@ def test_check_config_rejects_bad_policy(tmp_path, monkeypatch):
     assert "queues.Hardware.priority 'asap'" in result.output
 
 
+def test_check_config_hides_password_in_service_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DESKROUTE_JIRA_URL", "https://bot:url-password@example.atlassian.net")
+
+    result = CliRunner().invoke(main, ["check-config"])
+
+    assert result.exit_code == 0, result.output
+    assert "url-password" not in result.output
+    shown = json.loads(result.output)["settings"]["jira_url"]
+    assert shown == "https://bot:[secure]@example.atlassian.net"
+
+
 def test_check_config_rejects_empty_secret_file(tmp_path, monkeypatch):
     (tmp_path / "zendesk-webhook-secret").write_text("\n")
     monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
