@@ -26,7 +26,7 @@ def local_secret(settings: Settings, name: str) -> Secret:
     ``deskroute serve`` is protected from its first request. The value is never logged.
     """
     path = Path(settings.data_dir) / name
-    if path.exists():
+    if path.exists() or path.is_symlink():
         return Secret(_read_local_secret(path, name))
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
@@ -38,7 +38,16 @@ def local_secret(settings: Settings, name: str) -> Secret:
 
 
 def _read_local_secret(path: Path, name: str) -> str:
-    value = path.read_text().strip()
+    # A symlink, directory or FIFO here is not what deskroute wrote; reading a FIFO would
+    # block start-up, and following a link could read a file the admin did not mean.
+    if path.is_symlink() or not path.is_file():
+        raise ConfigError(f"{path} is not a regular file: remove it, or write the secret into it")
+    try:
+        value = path.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read as UTF-8 text: {exc}") from None
+    if path.stat().st_mode & 0o077:
+        log.warning("%s can be read by other users: run chmod 600 on it", path)
     if not value:
         # An empty secret would reject every request, and generating a new one could
         # silently change a value that is already configured in the help desk.
@@ -53,7 +62,7 @@ def check_local_secrets(settings: Settings) -> None:
     """Raise ConfigError for a generated secret file that exists but is empty."""
     for name, configured in _secret_settings(settings):
         path = Path(settings.data_dir) / name
-        if not configured and path.exists():
+        if not configured and (path.exists() or path.is_symlink()):
             _read_local_secret(path, name)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 
 import pytest
@@ -153,6 +154,41 @@ def test_serve_reports_unreachable_database(tmp_path, monkeypatch):
     assert "Connection refused" in result.output
     assert "db-password-value" not in result.output
     assert "Traceback" not in result.output
+
+
+def make_directory(path):
+    path.mkdir()
+
+
+def make_fifo(path):
+    os.mkfifo(path)
+
+
+def make_dangling_link(path):
+    path.symlink_to(path.with_name("nothing"))
+
+
+def make_binary(path):
+    path.write_bytes(b"\xff\xfe\x00abc")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (make_directory, "is not a regular file"),
+        (make_fifo, "is not a regular file"),
+        (make_dangling_link, "is not a regular file"),
+        (make_binary, "cannot be read as UTF-8 text"),
+    ],
+)
+def test_check_config_rejects_odd_secret_file(tmp_path, monkeypatch, make, message):
+    make(tmp_path / "api-token")
+    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
+
+    result = CliRunner().invoke(main, ["check-config"])
+
+    assert result.exit_code == 1
+    assert f"api-token {message}" in result.output
 
 
 def test_check_config_rejects_missing_model(tmp_path, monkeypatch):
