@@ -209,6 +209,8 @@ def show_delivery(row_id: int):
 def retry_delivery(row_id: int):
     state = current_app.extensions["deskroute"]
     if not state.store.requeue_delivery(row_id):
+        if state.store.get_delivery(row_id) is None:
+            raise APIError(404, "not_found", f"delivery {row_id} not found")
         raise APIError(409, "not_failed", f"delivery {row_id} is not in the failed state")
     state.notify_worker()
     return jsonify({"status": "queued", "delivery": row_id}), 202

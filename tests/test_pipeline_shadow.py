@@ -125,6 +125,24 @@ def test_thin_trigger_without_credentials_fails_visibly(app, client):
     assert detail["failures"][0]["step"] == "ticket"
 
 
+def test_retry_api_requeues_only_failed_deliveries(app, client):
+    post_zendesk(client, {"ticket_id": "9002"}, invocation_id="thin-2")
+    app.extensions["deskroute"].worker.drain()
+    [failed] = client.get(
+        "/api/deliveries", query_string={"status": FAILED}, headers=bearer()
+    ).get_json()["deliveries"]
+
+    requeued = client.post(f"/api/deliveries/{failed['id']}/retry", headers=bearer())
+    again = client.post(f"/api/deliveries/{failed['id']}/retry", headers=bearer())
+    missing = client.post("/api/deliveries/99999/retry", headers=bearer())
+
+    assert requeued.status_code == 202, requeued.get_json()
+    assert again.status_code == 409
+    assert again.get_json()["error"]["code"] == "not_failed"
+    assert missing.status_code == 404
+    assert missing.get_json()["error"]["code"] == "not_found"
+
+
 def test_decisions_api_requires_token(app, client):
     missing = client.get("/api/decisions?helpdesk=zendesk&ticket_id=1")
     wrong = client.get("/api/decisions?helpdesk=zendesk&ticket_id=1", headers=bearer("nope"))
