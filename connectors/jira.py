@@ -583,3 +583,9 @@ def _mapped(operation: str, func: Callable[[], T]) -> T:
         raise error_for_status(SOURCE, status, message, headers) from exc
     except requests.RequestException as exc:
         raise map_requests_error(SOURCE, exc) from exc
+    except (AttributeError, TypeError, KeyError) as exc:
+        # The jira package parses the JSON into resources and fails this way on a body of
+        # another shape, such as a list from a proxy in front of Jira.
+        raise ConnectorUnavailable(
+            f"jira {operation}: unexpected response ({type(exc).__name__})", source=SOURCE
+        ) from exc

@@ -190,6 +190,16 @@ def test_fetch_ticket_retries_read_timeout(connector, mocked, sleeps):
     assert sleeps == [1.0]
 
 
+def test_fetch_ticket_of_unexpected_shape(connector, mocked, sleeps):
+    for _ in range(4):
+        mocked.get(ISSUE_URL, json=[1, 2, 3])
+
+    with pytest.raises(ConnectorUnavailable, match="unexpected response"):
+        connector.fetch_ticket("ITSD-42")
+
+    assert sleeps == [1.0, 2.0, 4.0]
+
+
 def test_fetch_ticket_connection_refused(connector, mocked, sleeps):
     for _ in range(4):
         mocked.get(ISSUE_URL, body=requests.ConnectionError("connection refused"))
