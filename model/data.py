@@ -74,14 +74,23 @@ def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
     # limit of 128 KiB.
     csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_BYTES))
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
+        # strict: an unterminated quote is an error instead of swallowing the rest of the
+        # file into one field.
+        reader = csv.DictReader(handle, strict=True)
         if not reader.fieldnames:
             raise DataError(f"{path}: empty CSV file, expected a header row")
         repeated = sorted({name for name in reader.fieldnames if reader.fieldnames.count(name) > 1})
         if repeated:
             raise DataError(f"{path}: the header row repeats column(s) {', '.join(repeated)}")
+        records = []
         try:
-            records = list(reader)
+            for record in reader:
+                # DictReader files the fields beyond the header under the key None.
+                if None in record:
+                    raise DataError(
+                        f"{path}: line {reader.line_num} has more fields than the header row"
+                    )
+                records.append(record)
         except csv.Error as error:
             raise DataError(f"{path}: invalid CSV at line {reader.line_num}: {error}") from error
         return records, list(reader.fieldnames)

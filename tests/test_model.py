@@ -473,6 +473,21 @@ def test_repeated_header_is_reported(tmp_path):
         load_dataset(path, ["text"], "queue")
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('text,queue\n"printer jammed,Hardware\nmouse broken,Hardware\n', "invalid CSV"),
+        ("text,queue\nprinter jammed,Hardware,extra\n", "line 2 has more fields than"),
+    ],
+)
+def test_malformed_csv_is_reported(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+
+    with pytest.raises(DataError, match=message):
+        load_dataset(path, ["text"], "queue")
+
+
 def test_label_as_text_column_is_rejected():
     with pytest.raises(DataError, match="both the label and a text column"):
         load_dataset(SAMPLE, ["text", "queue"], "queue")
