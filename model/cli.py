@@ -294,6 +294,13 @@ def evaluate_command(
         dataset = _load_split(
             classifier.metrics, data_file, text_columns, label_column, split, priority_column
         )
+    if not set(dataset.labels) & set(classifier.labels):
+        found = sorted(set(dataset.labels))
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise click.ClickException(
+            f"none of the labels in {data_file} is a queue of model {classifier.version} "
+            f"(the file has {shown}); check --label and --model"
+        )
     report = evaluate(classifier, dataset, batch_size, show_progress=not as_json)
     if priority_column:
         try:

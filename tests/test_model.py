@@ -703,6 +703,20 @@ def test_evaluate_counts_unknown_labels(trained, tmp_path):
     assert report["per_class"]["(unknown label)"]["support"] == 1
 
 
+def test_evaluate_with_no_known_label(tmp_path):
+    rows = [{"text": row["text"], "queue": "Card arrival"} for row in sample_rows()[:20]]
+    data = write_csv(tmp_path / "other.csv", rows)
+
+    result = CliRunner().invoke(
+        evaluate_command,
+        ["--model", "model/default", "--data", str(data), "--text", "text", "--label", "queue"],
+    )
+
+    assert result.exit_code == 1
+    assert "none of the labels in" in result.output
+    assert "Card arrival" in result.output
+
+
 def test_evaluate_missing_model(tmp_path):
     result = CliRunner().invoke(
         evaluate_command,
