@@ -306,7 +306,7 @@ class Pipeline:
                 event.ticket_id,
                 verdict,
                 field_name,
-                event.actor_id,
+                event.actor_id or "an unknown user",
                 decision["id"],
             )
         return DONE
