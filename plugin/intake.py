@@ -39,9 +39,15 @@ def read_body() -> bytes:
     return body
 
 
+def _reject_constant(name: str):
+    # Python's json accepts NaN and Infinity, which JSON (RFC 8259) does not have; stored
+    # in a delivery they would make its JSON unreadable to other tools.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_json(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     except RecursionError:

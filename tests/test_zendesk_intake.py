@@ -297,6 +297,15 @@ def test_trigger_body_without_any_ticket_is_400(client):
     assert response.get_json()["error"]["field"] == "ticket.id"
 
 
+def test_non_json_constant_is_400(client):
+    body = b'{"ticket": {"id": 35436, "priority_score": NaN}}'
+
+    response = post_zendesk(client, body)
+
+    assert response.status_code == 400
+    assert "NaN is not a JSON value" in response.get_json()["error"]["message"]
+
+
 def test_trigger_ticket_not_an_object_names_ticket(client):
     response = post_zendesk(client, {"ticket": ["printer jammed"]})
 
