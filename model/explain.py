@@ -38,6 +38,38 @@ class TextProfile:
     scripts: list[str] = field(default_factory=lambda: ["LATIN"])
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_terms(data: dict) -> None:
+    """Raise ValueError for a terms.json field of the wrong type or range.
+
+    A field of the wrong type would otherwise fail every prediction, or put a guard on
+    every ticket, long after the model was loaded.
+    """
+    pattern = data.get("word_pattern")
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError("'word_pattern' must be a non-empty string")
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise ValueError(f"'word_pattern' is not a valid regular expression: {error}") from None
+    for key in ("vocabulary", "languages", "scripts"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError(f"{key!r} must be a list of strings")
+    share = data.get("min_known_share")
+    if share is not None and not (_is_number(share) and 0.0 <= share <= 1.0):
+        raise ValueError(f"'min_known_share' must be null or a number from 0 to 1, found {share!r}")
+    weights = data.get("weights")
+    if not isinstance(weights, dict):
+        raise ValueError("'weights' must be an object of queues")
+    for queue, table in weights.items():
+        if not isinstance(table, dict) or not all(_is_number(v) for v in table.values()):
+            raise ValueError(f"weights of queue {queue!r} must map terms to numbers")
+
+
 class Explainer:
     """Explanation terms and text guards of one model; immutable and thread-safe after load."""
 
@@ -69,6 +101,7 @@ class Explainer:
                 f"{path} belongs to model version {data.get('model_version')}, "
                 f"not {model_version}; retrain or copy the matching files"
             )
+        _check_terms(data)
         profile = TextProfile(
             word_pattern=data["word_pattern"],
             vocabulary=frozenset(data["vocabulary"]),

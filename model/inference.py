@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from model.onnx_graph import (
     run_batched,
     session_for,
 )
+from model.priority import LEVELS as PRIORITY_LEVELS
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ class Classifier:
         onnx_bytes = model_file.read_bytes()
         try:
             metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ModelError(f"{metrics_file}: invalid JSON: {error}") from error
         _check_metrics(metrics, metrics_file)
 
@@ -144,6 +146,7 @@ class Classifier:
         try:
             explainer = Explainer.load(folder, metrics["model_version"])
         except (ValueError, KeyError, TypeError, AttributeError) as error:
+            # ValueError covers invalid JSON and text that is not UTF-8, too.
             raise ModelError(f"{folder / TERMS_FILE}: invalid: {error}") from error
         # terms.json lists the queues in the order of the model's outputs; a metrics.json
         # whose labels were reordered would name every prediction wrongly.
@@ -256,14 +259,27 @@ def _check_metrics(metrics, metrics_file: Path) -> None:
         raise ModelError(f"{metrics_file}: 'labels' repeats {', '.join(repeated)}")
     if not isinstance(metrics.get("thresholds"), dict) or set(metrics["thresholds"]) != set(labels):
         raise ModelError(f"{metrics_file}: 'thresholds' must have one entry per label")
-    if not isinstance(metrics["model_version"], str):
-        raise ModelError(f"{metrics_file}: 'model_version' must be a string")
+    version = metrics["model_version"]
+    if not isinstance(version, str) or not re.fullmatch(r".+-[0-9a-f]{12}", version):
+        raise ModelError(
+            f"{metrics_file}: 'model_version' must be NAME-HASH, HASH the first 12 hex digits "
+            f"of the SHA-256 of model.onnx, found {version!r}"
+        )
     sections = [("thresholds", metrics.get("thresholds") or {})]
-    head = metrics.get("priority")
-    if head is not None:
+    if "priority" in metrics:
+        head = metrics["priority"]
         if not isinstance(head, dict) or not isinstance(head.get("labels"), list):
             raise ModelError(f"{metrics_file}: 'priority' must be an object with 'labels'")
-        sections.append(("priority.thresholds", head.get("thresholds") or {}))
+        levels = head["labels"]
+        # Training writes the levels present in the data, lowest first.
+        if levels != [level for level in PRIORITY_LEVELS if level in levels] or len(levels) < 2:
+            raise ModelError(
+                f"{metrics_file}: 'priority.labels' must list at least two of "
+                f"{', '.join(PRIORITY_LEVELS)}, each once and in that order"
+            )
+        if not isinstance(head.get("thresholds"), dict) or set(head["thresholds"]) != set(levels):
+            raise ModelError(f"{metrics_file}: 'priority.thresholds' must have one entry per level")
+        sections.append(("priority.thresholds", head["thresholds"]))
     for name, thresholds in sections:
         if not isinstance(thresholds, dict):
             raise ModelError(f"{metrics_file}: {name!r} must be an object")

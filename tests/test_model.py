@@ -279,6 +279,10 @@ def bare_threshold(metrics):
     metrics["thresholds"]["Access"] = 0.5
 
 
+def empty_version_hash(metrics):
+    metrics["model_version"] = "x-"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -287,6 +291,7 @@ def bare_threshold(metrics):
         (repeat_label, "'labels' repeats Access"),
         (drop_thresholds, "'thresholds' must have one entry per label"),
         (bare_threshold, "thresholds.Access must be an object with a 'threshold'"),
+        (empty_version_hash, "'model_version' must be NAME-HASH"),
     ],
 )
 def test_load_rejects_edited_labels(trained, tmp_path, change, message):
@@ -313,6 +318,37 @@ def test_load_needs_terms(trained, tmp_path):
     (tmp_path / "terms.json").unlink()
 
     with pytest.raises(ModelError, match="model file not found: .*terms.json"):
+        Classifier.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("min_known_share", "0.5", "'min_known_share' must be null or a number"),
+        ("min_known_share", 5, "'min_known_share' must be null or a number"),
+        ("scripts", "LATIN", "'scripts' must be a list of strings"),
+        ("languages", "en", "'languages' must be a list of strings"),
+        ("vocabulary", "abc", "'vocabulary' must be a list of strings"),
+        ("word_pattern", "", "'word_pattern' must be a non-empty string"),
+        ("word_pattern", "[a-z(", "'word_pattern' is not a valid regular expression"),
+        ("weights", {"Access": {"password": "high"}}, "weights of queue 'Access' must map"),
+    ],
+)
+def test_load_rejects_terms_of_wrong_type(trained, tmp_path, key, value, message):
+    copy_model(trained[0], tmp_path)
+    terms = json.loads((tmp_path / "terms.json").read_text())
+    terms[key] = value
+    (tmp_path / "terms.json").write_text(json.dumps(terms))
+
+    with pytest.raises(ModelError, match=message):
+        Classifier.load(tmp_path)
+
+
+def test_load_rejects_metrics_not_utf8(trained, tmp_path):
+    copy_model(trained[0], tmp_path)
+    (tmp_path / "metrics.json").write_bytes(b'{"labels": ["Acc\xe8s"]}')
+
+    with pytest.raises(ModelError, match="metrics.json: invalid JSON"):
         Classifier.load(tmp_path)
 
 

@@ -181,6 +181,30 @@ def test_mismatched_priority_head_is_rejected(trained, tmp_path):
         Classifier.load(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (["urgent", "high", "normal", "low"], "'priority.labels' must list at least two"),
+        (["low", "low", "high", "urgent"], "'priority.labels' must list at least two"),
+        (["low", "normal", "high", "bogus"], "'priority.labels' must list at least two"),
+        ([1, 2, 3, 4], "'priority.labels' must list at least two"),
+        (None, "'priority' must be an object"),
+    ],
+)
+def test_edited_priority_labels_are_rejected(trained, tmp_path, labels, message):
+    for name in ("model.onnx", "metrics.json", "terms.json", "priority.onnx"):
+        (tmp_path / name).write_bytes((trained[0] / name).read_bytes())
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    if labels is None:
+        metrics["priority"] = None
+    else:
+        metrics["priority"]["labels"] = labels
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+
+    with pytest.raises(ModelError, match=message):
+        Classifier.load(tmp_path)
+
+
 def test_retraining_without_priority_removes_the_old_head(data_file, tmp_path):
     config = TrainConfig(name="sample", target_precision=0.8)
     train_model(load_dataset(data_file, ["text"], "queue", priority_column="priority"), tmp_path)
