@@ -163,6 +163,10 @@ class Settings:
         return redact_url(self.resolved_database_url())
 
 
+# Query parameter names that carry credentials in service URLs.
+SECRET_QUERY_KEYS = re.compile(r"pass|secret|token|key|auth|signature|sig$", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
     """Return a database URL with its password shown as ``[secure]``."""
     from sqlalchemy.engine import make_url
@@ -187,18 +191,27 @@ def redact_url(url: str) -> str:
 
 
 def redact_http_url(url: str) -> str:
-    """Return an HTTP URL with the password of any ``user:password@`` part as ``[secure]``."""
-    from urllib.parse import urlsplit, urlunsplit
+    """Return a service URL with any password, in its user part or query, as ``[secure]``."""
+    from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
     try:
-        parts = urlsplit(url)
-        password = parts.password
+        parts = urlsplit(url if "//" in url else f"//{url}")
     except ValueError:
         return "[secure]"
-    if password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:[secure]@{host}"))
+    netloc = parts.netloc
+    if "@" in netloc:
+        # Decoded first, so that a password behind an encoded colon (%3A) is hidden too.
+        user = quote(unquote(netloc.rsplit("@", 1)[0]).split(":", 1)[0], safe="")
+        netloc = f"{user}:[secure]@{netloc.rsplit('@', 1)[1]}"
+    query = urlencode(
+        [
+            (key, "[secure]" if SECRET_QUERY_KEYS.search(key) else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="[]",
+    )
+    shown = urlunsplit(parts._replace(netloc=netloc, query=query))
+    return shown if "//" in url else shown.removeprefix("//")
 
 
 def _is_secret_field(item: dataclasses.Field) -> bool:

@@ -48,6 +48,11 @@ def _read_local_secret(path: Path, name: str) -> str:
         raise ConfigError(f"{path} cannot be read as UTF-8 text: {exc}") from None
     if path.stat().st_mode & 0o077:
         log.warning("%s can be read by other users: run chmod 600 on it", path)
+    if any(character.isspace() for character in value):
+        raise ConfigError(
+            f"{path} holds a secret with spaces or line breaks, which no request header can "
+            "carry: write the secret on one line"
+        )
     if not value:
         # An empty secret would reject every request, and generating a new one could
         # silently change a value that is already configured in the help desk.

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from plugin.cli import main
-from plugin.config import ConfigError, Secret, load_settings
+from plugin.config import ConfigError, Secret, load_settings, redact_http_url
 
 SAMPLE = "tests/fixtures/data/it-service-tickets-sample.csv"
 
@@ -127,6 +127,28 @@ def test_check_config_hides_password_in_service_url(tmp_path, monkeypatch):
     assert "url-password" not in result.output
     shown = json.loads(result.output)["settings"]["jira_url"]
     assert shown == "https://bot:[secure]@example.atlassian.net"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("admin:url-password@example.atlassian.net", "admin:[secure]@example.atlassian.net"),
+        ("https://example.net/?password=url-password", "https://example.net/?password=[secure]"),
+        ("https://admin%3Aurl-password@example.net", "https://admin:[secure]@example.net"),
+    ],
+)
+def test_redact_http_url_forms(url, shown):
+    assert redact_http_url(url) == shown
+
+
+def test_check_config_rejects_secret_with_line_break(tmp_path, monkeypatch):
+    (tmp_path / "api-token").write_text("abc\ndef\n")
+    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
+
+    result = CliRunner().invoke(main, ["check-config"])
+
+    assert result.exit_code == 1
+    assert "api-token holds a secret with spaces or line breaks" in result.output
 
 
 def test_check_config_rejects_empty_secret_file(tmp_path, monkeypatch):
