@@ -297,6 +297,18 @@ def test_trigger_body_without_any_ticket_is_400(client):
     assert response.get_json()["error"]["field"] == "ticket.id"
 
 
+def test_trigger_with_other_event_is_ignored(app, client, caplog):
+    caplog.set_level("INFO", logger="deskroute.unsupported")
+
+    response = post_zendesk(client, {"event": "solved", "ticket": {"id": "82"}})
+
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ignored"
+    assert "must be 'created' or 'updated'" in response.get_json()["reason"]
+    assert app.extensions["deskroute"].store.list_deliveries() == []
+    assert "trigger 'solved'" in caplog.text
+
+
 def test_non_json_constant_is_400(client):
     body = b'{"ticket": {"id": 35436, "priority_score": NaN}}'
 

@@ -210,8 +210,6 @@ class TriggerWebhookSchema(Schema):
     def _needs_ticket(self, data, **kwargs):
         if not data.get("ticket") and not data.get("ticket_id"):
             raise ValidationError("a ticket id is required", "ticket.id")
-        if data.get("event") not in (None, "", "created", "updated"):
-            raise ValidationError("must be 'created' or 'updated'", "event")
 
 
 event_schema = EventWebhookSchema()
@@ -388,6 +386,13 @@ def _receive_trigger(payload: dict[str, Any], invocation_id: str | None, body: b
     # A trigger body has no event id of its own. Without the invocation header the body's
     # digest identifies it, so an identical retried body is still recognised.
     delivery_id = invocation_id or "sha256:" + hashlib.sha256(body).hexdigest()
+    if data.get("event") not in (None, "", "created", "updated"):
+        return intake.ignore(
+            HELPDESK,
+            delivery_id,
+            f"trigger {data['event']!r}",
+            "a trigger body's event must be 'created' or 'updated'",
+        )
     email = ticket_data.get("requester_email")
     ticket = Ticket(
         helpdesk=HELPDESK,
