@@ -186,10 +186,23 @@ def export_onnx(pipeline) -> bytes:
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
     _set_pad_value(onnx_model)
-    # skl2onnx names the graph with a random UUID; a fixed name keeps the bytes, and so the
-    # model version, the same for the same data and settings.
+    # skl2onnx names the graph with a random UUID, and lists the operator set domains in
+    # the iteration order of a set, which changes with Python's string hash seed. A fixed
+    # name and sorted domains keep the bytes, and so the model version, the same for the
+    # same data and settings.
     onnx_model.graph.name = "deskroute_classifier"
+    _sort_opset_imports(onnx_model)
     return onnx_model.SerializeToString()
+
+
+def _sort_opset_imports(onnx_model) -> None:
+    from onnx import helper
+
+    imports = sorted((entry.domain, entry.version) for entry in onnx_model.opset_import)
+    del onnx_model.opset_import[:]
+    onnx_model.opset_import.extend(
+        helper.make_opsetid(domain, version) for domain, version in imports
+    )
 
 
 def _set_pad_value(onnx_model) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -705,6 +708,25 @@ def test_shipped_model_reproduces_its_test_figures():
     assert report["coverage_at_precision"] == test["coverage_at_precision"]
     for key in ("rows", "routed", "coverage", "precision"):
         assert report["at_thresholds"][key] == test["at_thresholds"][key]
+
+
+def test_training_bytes_do_not_depend_on_hash_seed(tmp_path):
+    versions = set()
+    # Without sorted domains, skl2onnx 1.20 writes different bytes under these two seeds.
+    for seed in ("0", "4"):
+        out = tmp_path / seed
+        subprocess.run(
+            [sys.executable, "-m", "plugin.cli", "train", "--data", str(SAMPLE)]
+            + ["--text", "text", "--label", "queue", "--out", str(out)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            check=True,
+            timeout=300,
+        )
+        versions.add(json.loads((out / "metrics.json").read_text())["model_version"])
+
+    assert len(versions) == 1
 
 
 def test_tune_picks_best_validation(sample, tmp_path):
