@@ -156,7 +156,15 @@ def load_dataset(
     priorities: list[str] = []
     empty_texts = 0
     missing_labels = 0
-    for record in records:
+    for number, record in enumerate(records, start=1):
+        for name in text_columns:
+            value = record.get(name)
+            # JSON Lines can hold true, arrays or objects, which read as "True" or "[...]".
+            if isinstance(value, bool | list | dict):
+                raise DataError(
+                    f"{path}: record {number}, column {name!r} holds "
+                    f"{type(value).__name__} {json.dumps(value)[:40]}, expected text"
+                )
         label = _cell(record.get(label_column)).strip()
         if not label:
             missing_labels += 1

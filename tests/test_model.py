@@ -466,6 +466,16 @@ def test_hostile_json_lines_are_reported(tmp_path, line, message):
         load_dataset(path, ["text"], "queue")
 
 
+def test_json_text_of_other_type_is_reported(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(
+        '{"text": "printer jammed", "queue": "Hardware"}\n{"text": true, "queue": "Access"}\n'
+    )
+
+    with pytest.raises(DataError, match="record 2, column 'text' holds bool true, expected text"):
+        load_dataset(path, ["text"], "queue")
+
+
 def test_json_integer_labels_are_kept(tmp_path):
     path = tmp_path / "t.jsonl"
     rows = [{"text": f"printer jammed on floor {i}", "queue": i % 2} for i in range(20)]
