@@ -296,10 +296,10 @@ def evaluate_command(
         )
     if not set(dataset.labels) & set(classifier.labels):
         found = sorted(set(dataset.labels))
-        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        listed = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
         raise click.ClickException(
             f"none of the labels in {data_file} is a queue of model {classifier.version} "
-            f"(the file has {shown}); check --label and --model"
+            f"(the file has {listed}); check --label and --model"
         )
     report = evaluate(classifier, dataset, batch_size, show_progress=not as_json)
     if priority_column:
@@ -371,9 +371,9 @@ def _per_queue_at_thresholds(y_true, probabilities, labels, thresholds) -> dict:
 
 def evaluate_priority(classifier, dataset, batch_size: int = 64) -> dict:
     """Score the priority head on the rows of ``dataset`` that have a priority."""
+    # The values seen at training time map as they did then, and so do the admin's own.
     head = classifier.metrics["priority"]
-    mapping = {**head.get("value_map", {})}
-    mapping = {value.lower(): level for value, level in mapping.items()}
+    mapping = {value.lower(): level for value, level in head.get("value_map", {}).items()}
     mapping.update((classifier.metrics.get("config") or {}).get("priority_map") or {})
     levels, _ = map_priorities(dataset.priorities or [], mapping)
     known = [i for i, level in enumerate(levels) if level is not None]
@@ -381,12 +381,14 @@ def evaluate_priority(classifier, dataset, batch_size: int = 64) -> dict:
         raise DataError(
             f"no row has a priority in column {dataset.source.get('priority_column')!r}"
         )
+
     labels = classifier.priority_levels
     index = {level: i for i, level in enumerate(labels)}
     # A level the head never learned counts as an error, as unknown queues do.
     y_true = np.array([index.get(levels[i], len(labels)) for i in known])
     texts = [dataset.texts[i] for i in known]
     probabilities = classifier.priority_probabilities(texts, batch_size)
+
     unknown = sorted({levels[i] for i in known if levels[i] not in index})
     all_labels = labels + (["(unknown level)"] if unknown else [])
     cutoffs = dict(classifier.priority_thresholds)

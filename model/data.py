@@ -142,8 +142,8 @@ def load_dataset(
             "learn the answer from the text"
         )
     records, columns = read_records(path)
-    wanted = [*text_columns, label_column, *([priority_column] if priority_column else [])]
-    missing = [name for name in wanted if name not in columns]
+    required = [*text_columns, label_column, *([priority_column] if priority_column else [])]
+    missing = [name for name in required if name not in columns]
     if missing:
         raise DataError(
             f"{path}: column(s) {', '.join(missing)} not found; the file has: {', '.join(columns)}"
@@ -159,10 +159,10 @@ def load_dataset(
     for number, record in enumerate(records, start=1):
         for name in text_columns:
             value = record.get(name)
-            # JSON Lines can hold true, arrays or objects, which read as "True" or "[...]".
+            # JSON Lines values can be true, arrays or objects, which read as "True" or "[...]".
             if isinstance(value, bool | list | dict):
                 raise DataError(
-                    f"{path}: record {number}, column {name!r} holds "
+                    f"{path}: record {number}, column {name!r} contains "
                     f"{type(value).__name__} {json.dumps(value)[:40]}, expected text"
                 )
         label = _cell(record.get(label_column)).strip()

@@ -239,9 +239,11 @@ def train_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    priorities = None
     if dataset.priorities is not None:
-        # Checked before the queue head is fitted, so a bad value stops training at once.
-        map_priorities(dataset.priorities, config.priority_map)
+        # Mapped before the queue head is fitted, so a bad value stops training at once.
+        priorities = map_priorities(dataset.priorities, config.priority_map)
+
     labels = sorted(set(dataset.labels))
     label_index = {label: i for i, label in enumerate(labels)}
     y = np.array([label_index[label] for label in dataset.labels])
@@ -310,10 +312,10 @@ def train_model(
         "software": _versions(),
     }
     files = {MODEL_FILE: onnx_bytes}
-    if dataset.priorities is not None:
+    if priorities is not None:
         step("training the priority head")
         priority_bytes, metrics["priority"] = _train_priority_head(
-            dataset, texts, (train, validation, test), config
+            dataset, priorities, texts, (train, validation, test), config
         )
         files[PRIORITY_MODEL_FILE] = priority_bytes
 
@@ -361,14 +363,15 @@ def _check_export(pipeline, session, texts: list[str]) -> tuple[np.ndarray, floa
     return scored, agreement, float(np.abs(scored - expected).max())
 
 
-def _train_priority_head(dataset: Dataset, texts, split, config: TrainConfig):
+def _train_priority_head(dataset: Dataset, priorities, texts, split, config: TrainConfig):
     """Train, export and calibrate the priority head on the rows that have a priority.
 
     The head gets the queue head's split, features and settings, and thresholds for the
     same target precision, so a level is only reported when the head is that sure of it.
+    ``priorities`` is the result of map_priorities: a level per row, and the value map.
     Returns the ONNX bytes and the ``priority`` section of metrics.json.
     """
-    levels, value_map = map_priorities(dataset.priorities or [], config.priority_map)
+    levels, value_map = priorities
     present = [level for level in LEVELS if level in set(levels)]
     index = {level: i for i, level in enumerate(present)}
     known = np.array([level is not None for level in levels])

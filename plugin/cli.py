@@ -104,8 +104,8 @@ def _prepare_shared_state(settings) -> None:
     try:
         store.create_schema()
     except OperationalError as exc:
-        # The driver's first line says why (refused, unknown host, bad password); the
-        # rest is SQLAlchemy's context, which can repeat the URL.
+        # The driver's first line gives the reason (refused, unknown host, bad password).
+        # The rest is SQLAlchemy's context, which can repeat the URL.
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         raise click.ClickException(
             f"cannot open the database {settings.database_description()}: {reason}"

@@ -210,8 +210,8 @@ def redact_http_url(url: str) -> str:
         ],
         safe="[]",
     )
-    shown = urlunsplit(parts._replace(netloc=netloc, query=query))
-    return shown if "//" in url else shown.removeprefix("//")
+    redacted = urlunsplit(parts._replace(netloc=netloc, query=query))
+    return redacted if "//" in url else redacted.removeprefix("//")
 
 
 def _is_secret_field(item: dataclasses.Field) -> bool:

@@ -40,8 +40,8 @@ def read_body() -> bytes:
 
 
 def _reject_constant(name: str):
-    # Python's json accepts NaN and Infinity, which JSON (RFC 8259) does not have; stored
-    # in a delivery they would make its JSON unreadable to other tools.
+    # Python's json accepts NaN and Infinity, which JSON (RFC 8259) does not have. Stored in
+    # a delivery, they would make its JSON unreadable to other tools.
     raise ValueError(f"{name} is not a JSON value")
 
 

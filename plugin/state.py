@@ -19,6 +19,14 @@ log = logging.getLogger(__name__)
 OWN_USER_RETRY_SECONDS = 300
 
 
+# Secret files in the data folder, and the setting each one replaces when it is unset.
+LOCAL_SECRET_FILES = {
+    "api-token": "api_token",
+    "zendesk-webhook-secret": "zendesk_webhook_secret",
+    "jira-webhook-secret": "jira_webhook_secret",
+}
+
+
 def local_secret(settings: Settings, name: str) -> Secret:
     """Read or create a random secret kept in the data folder, readable by the owner only.
 
@@ -38,7 +46,7 @@ def local_secret(settings: Settings, name: str) -> Secret:
 
 
 def _read_local_secret(path: Path, name: str) -> str:
-    # A symlink, directory or FIFO here is not what deskroute wrote; reading a FIFO would
+    # A symlink, directory or FIFO here is not what deskroute wrote. Reading a FIFO would
     # block start-up, and following a link could read a file the admin did not mean.
     if path.is_symlink() or not path.is_file():
         raise ConfigError(f"{path} is not a regular file: remove it, or write the secret into it")
@@ -50,8 +58,8 @@ def _read_local_secret(path: Path, name: str) -> str:
         log.warning("%s can be read by other users: run chmod 600 on it", path)
     if any(character.isspace() for character in value):
         raise ConfigError(
-            f"{path} holds a secret with spaces or line breaks, which no request header can "
-            "carry: write the secret on one line"
+            f"{path} contains spaces or line breaks, which no request header can carry: "
+            "write the secret on one line"
         )
     if not value:
         # An empty secret would reject every request, and generating a new one could
@@ -64,30 +72,21 @@ def _read_local_secret(path: Path, name: str) -> str:
 
 
 def check_local_secrets(settings: Settings) -> None:
-    """Raise ConfigError for a generated secret file that exists but is empty."""
-    for name, configured in _secret_settings(settings):
+    """Raise ConfigError for a generated secret file that exists but cannot be used."""
+    for name, attribute in LOCAL_SECRET_FILES.items():
         path = Path(settings.data_dir) / name
-        if not configured and (path.exists() or path.is_symlink()):
+        if not getattr(settings, attribute) and (path.exists() or path.is_symlink()):
             _read_local_secret(path, name)
 
 
-def _secret_settings(settings: Settings) -> list[tuple[str, Secret | None]]:
-    return [
-        ("api-token", settings.api_token),
-        ("zendesk-webhook-secret", settings.zendesk_webhook_secret),
-        ("jira-webhook-secret", settings.jira_webhook_secret),
-    ]
-
-
 def fill_local_secrets(settings: Settings) -> None:
-    """Give each unset API token and webhook secret its generated value from the data folder."""
-    if not settings.api_token:
-        settings.api_token = local_secret(settings, "api-token")
-    if not settings.zendesk_webhook_secret:
-        settings.zendesk_webhook_secret = local_secret(settings, "zendesk-webhook-secret")
-    if not settings.jira_webhook_secret:
-        # `deskroute install jira` registers the webhook with this same secret.
-        settings.jira_webhook_secret = local_secret(settings, "jira-webhook-secret")
+    """Give each unset API token and webhook secret its generated value from the data folder.
+
+    `deskroute install jira` registers the Jira webhook with the same generated secret.
+    """
+    for name, attribute in LOCAL_SECRET_FILES.items():
+        if not getattr(settings, attribute):
+            setattr(settings, attribute, local_secret(settings, name))
 
 
 def build_connectors(settings: Settings, policy: Policy) -> dict:

@@ -125,40 +125,20 @@ def test_check_config_hides_password_in_service_url(tmp_path, monkeypatch):
 
     assert result.exit_code == 0, result.output
     assert "url-password" not in result.output
-    shown = json.loads(result.output)["settings"]["jira_url"]
-    assert shown == "https://bot:[secure]@example.atlassian.net"
+    jira_url = json.loads(result.output)["settings"]["jira_url"]
+    assert jira_url == "https://bot:[secure]@example.atlassian.net"
 
 
 @pytest.mark.parametrize(
-    ("url", "shown"),
+    ("url", "expected"),
     [
         ("admin:url-password@example.atlassian.net", "admin:[secure]@example.atlassian.net"),
         ("https://example.net/?password=url-password", "https://example.net/?password=[secure]"),
         ("https://admin%3Aurl-password@example.net", "https://admin:[secure]@example.net"),
     ],
 )
-def test_redact_http_url_forms(url, shown):
-    assert redact_http_url(url) == shown
-
-
-def test_check_config_rejects_secret_with_line_break(tmp_path, monkeypatch):
-    (tmp_path / "api-token").write_text("abc\ndef\n")
-    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
-
-    result = CliRunner().invoke(main, ["check-config"])
-
-    assert result.exit_code == 1
-    assert "api-token holds a secret with spaces or line breaks" in result.output
-
-
-def test_check_config_rejects_empty_secret_file(tmp_path, monkeypatch):
-    (tmp_path / "zendesk-webhook-secret").write_text("\n")
-    monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
-
-    result = CliRunner().invoke(main, ["check-config"])
-
-    assert result.exit_code == 1
-    assert "zendesk-webhook-secret is empty: delete it" in result.output
+def test_redact_http_url_forms(url, expected):
+    assert redact_http_url(url) == expected
 
 
 def test_serve_reports_unreachable_database(tmp_path, monkeypatch):
@@ -194,6 +174,14 @@ def make_binary(path):
     path.write_bytes(b"\xff\xfe\x00abc")
 
 
+def make_empty(path):
+    path.write_text("\n")
+
+
+def make_two_lines(path):
+    path.write_text("abc\ndef\n")
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -201,16 +189,19 @@ def make_binary(path):
         (make_fifo, "is not a regular file"),
         (make_dangling_link, "is not a regular file"),
         (make_binary, "cannot be read as UTF-8 text"),
+        (make_empty, "is empty: delete it"),
+        (make_two_lines, "contains spaces or line breaks"),
     ],
 )
-def test_check_config_rejects_odd_secret_file(tmp_path, monkeypatch, make, message):
-    make(tmp_path / "api-token")
+@pytest.mark.parametrize("name", ["api-token", "zendesk-webhook-secret"])
+def test_check_config_rejects_odd_secret_file(tmp_path, monkeypatch, make, message, name):
+    make(tmp_path / name)
     monkeypatch.setenv("DESKROUTE_DATA_DIR", str(tmp_path))
 
     result = CliRunner().invoke(main, ["check-config"])
 
     assert result.exit_code == 1
-    assert f"api-token {message}" in result.output
+    assert f"{name} {message}" in result.output
 
 
 def test_check_config_rejects_missing_model(tmp_path, monkeypatch):

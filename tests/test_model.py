@@ -472,7 +472,9 @@ def test_json_text_of_other_type_is_reported(tmp_path):
         '{"text": "printer jammed", "queue": "Hardware"}\n{"text": true, "queue": "Access"}\n'
     )
 
-    with pytest.raises(DataError, match="record 2, column 'text' holds bool true, expected text"):
+    with pytest.raises(
+        DataError, match="record 2, column 'text' contains bool true, expected text"
+    ):
         load_dataset(path, ["text"], "queue")
 
 

@@ -22,15 +22,15 @@ SCRIPT = textwrap.dedent(
     HOLD_SECONDS = 1.0
     if sys.argv[1] == "guarded":
         worker_process._install_fork_guard()
-    held = threading.Event()
+    lock_taken = threading.Event()
 
     def hold():
         with worker_process._spawn_lock:
-            held.set()
+            lock_taken.set()
             time.sleep(HOLD_SECONDS)
 
     threading.Thread(target=hold).start()
-    held.wait()
+    lock_taken.wait()
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:
